@@ -1,0 +1,117 @@
+"""Command line: parsing and printing only; the work is in pipeline.py and friends.
+
+    python -m batch run JOB.yaml [--input URI]... [--output URI] [--set KEY=VALUE]... [--overwrite]
+    python -m batch validate JOB.yaml [same options]
+    python -m batch demo [--output DIR]
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from batch.config import ConfigError, JobConfig, load_job
+
+
+def _job_options(command):
+    command = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                           help="Override a job-file field by its dotted path, e.g. tasks.sentiment.model=/models/x")(command)  # fmt: skip
+    command = click.option("--output", "output_uri", metavar="URI", help="Override output.uri.")(command)
+    command = click.option("--input", "input_uris", multiple=True, metavar="URI", help="Override input.uris (repeatable).")(command)  # fmt: skip
+    command = click.option("--date", "run_date", type=click.DateTime(["%Y-%m-%d"]),
+                           help="Run date for {date} in the output URI (default: today, UTC).")(command)  # fmt: skip
+    return click.argument("job_file", type=click.Path(dir_okay=False, path_type=Path))(command)
+
+
+def _load(job_file: Path, input_uris, output_uri, overrides, run_date) -> JobConfig:
+    extra = list(overrides)
+    if input_uris:
+        extra.append("input.uris=[" + ", ".join(f'"{uri}"' for uri in input_uris) + "]")
+    if output_uri:
+        extra.append(f'output.uri="{output_uri}"')
+    return load_job(job_file, extra, run_date=run_date.date() if run_date else None)
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
+def main(verbose: bool) -> None:
+    """Batch translation and sentiment tagging of Parquet corpora with vLLM on Ray Data."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@_job_options
+@click.option("--overwrite", is_flag=True, help="Redo a run whose output is already published.")
+@click.option("--address", envvar="RAY_ADDRESS", help="Ray cluster address (default: start a local cluster).")
+def run(job_file, input_uris, output_uri, overrides, run_date, overwrite, address):
+    """Run JOB_FILE: read, annotate and publish."""
+    from batch.io.storage import StorageError
+    from batch.pipeline import RunFailed, run as run_job
+
+    try:
+        job = _load(job_file, input_uris, output_uri, overrides, run_date)
+        summary = run_job(job, overwrite=overwrite, ray_address=address, echo=click.echo)
+    except (ConfigError, RunFailed, StorageError) as exc:
+        click.echo(f"FAILED: {exc}", err=True)
+        sys.exit(1)
+    for line in summary.lines():
+        click.echo(line)
+    ok = summary.status in ("published", "already published")
+    click.echo(f"{'SUCCEEDED' if ok else 'FAILED'}: {summary.status}: {summary.output}")
+    sys.exit(0 if ok else 2)
+
+
+@main.command()
+@_job_options
+def validate(job_file, input_uris, output_uri, overrides, run_date):
+    """Check JOB_FILE, its inputs and its output without starting any engine."""
+    from batch.validate import validate_job_inputs
+
+    try:
+        job = _load(job_file, input_uris, output_uri, overrides, run_date)
+        problems, notes = validate_job_inputs(job)
+    except ConfigError as exc:
+        click.echo(f"INVALID: {exc}", err=True)
+        sys.exit(1)
+    for note in notes:
+        click.echo(note)
+    for problem in problems:
+        click.echo(f"problem: {problem}", err=True)
+    if problems:
+        click.echo(f"INVALID: {len(problems)} problem(s) in {job_file}", err=True)
+        sys.exit(1)
+    click.echo(f"OK: {job_file}")
+
+
+@main.command()
+@click.option("--output", "output_dir", default="out/demo", show_default=True, help="Where to publish the demo output.")
+@click.option("--workdir", default=".demo", show_default=True, help="Where the tiny models and sample corpus are built.")
+@click.option("--job", "job_file", default="jobs/demo.yaml", show_default=True, type=click.Path(path_type=Path))
+def demo(output_dir, workdir, job_file):
+    """Build a tiny random-weight model and the sample corpus locally, then run the demo job."""
+    from batch.demo.corpus import write_sample_corpus
+    from batch.demo.models import build_demo_models
+
+    click.echo("The demo model has random weights: labels and translations are structurally real but meaningless.")
+    work = Path(workdir)
+    models = build_demo_models(work / "models")
+    write_sample_corpus(work / "corpus")
+    ctx = click.get_current_context()
+    ctx.invoke(
+        run,
+        job_file=job_file,
+        input_uris=(str(work / "corpus"),),
+        output_uri=output_dir,
+        overrides=(f"tasks.sentiment.model={models['chat']}", f"tasks.translation.model={models['chat']}"),
+        run_date=dt.datetime.now(),
+        overwrite=True,
+        address=None,
+    )
+
+
+if __name__ == "__main__":
+    main()

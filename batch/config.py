@@ -1,0 +1,206 @@
+"""The job file: typed, validated once, before Ray or any engine starts.
+
+A job file is YAML. `load_job` reads it, applies `--set key.path=value` overrides,
+fills `{date}` in the output URI and validates everything with pydantic
+(`extra="forbid"` everywhere, so a misspelt key is an error that names the key
+and the keys allowed in its place).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+
+from batch.tasks import TASKS
+
+
+class ConfigError(Exception):
+    """A job file that cannot run; the message says which field and how to fix it."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputConfig(Strict):
+    uris: list[str] = Field(min_length=1, description="Parquet files, folders/prefixes or globs; local or s3://")
+    id_column: str = "id"
+    text_column: str = "text"
+    columns: list[str] | None = Field(
+        default=None, description="original columns to carry to the output; default: all of them"
+    )
+
+    @field_validator("uris", mode="before")
+    @classmethod
+    def _one_uri_is_a_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class OutputConfig(Strict):
+    uri: str = Field(description="where the annotated Parquet is published; `{date}` is the run date")
+    rows_per_file: int = Field(default=100_000, gt=0)
+
+
+class StorageConfig(Strict):
+    """Object storage settings. Credentials never go here: they come from the standard
+    AWS chain (environment, shared config, instance role) on every node."""
+
+    endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint; default $AWS_ENDPOINT_URL, else AWS"
+    )
+    region: str | None = None
+    retries: int = Field(default=5, ge=0, description="attempts on a transient object-store error")
+
+
+class EngineConfig(Strict):
+    """How each inference replica is sized. Unset fields take per-device defaults
+    (see `batch.infer.engine.resolve_engine_settings`)."""
+
+    replicas: int = Field(default=1, ge=1, description="actors, each holding one engine per model")
+    batch_size: int = Field(default=256, ge=1, description="rows handed to an actor at once")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    accelerator_type: str | None = Field(default=None, description="Ray accelerator type, e.g. L4, A10G, H100")
+    num_cpus: float | None = Field(default=None, gt=0, description="CPUs reserved per actor")
+    dtype: str | None = None
+    max_model_len: int | None = Field(default=None, gt=0)
+    max_num_seqs: int | None = Field(default=None, gt=0)
+    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
+    enforce_eager: bool | None = None
+    enable_prefix_caching: bool = True
+    seed: int = 0
+
+
+def _tasks_model() -> type[BaseModel]:
+    """`tasks:` has one optional key per registered task; a third task adds itself
+    here by its registry line, nothing else changes."""
+    fields: dict[str, Any] = {name: (task.Config | None, None) for name, task in TASKS.items()}
+    return create_model("TasksConfig", __base__=Strict, **fields)
+
+
+TasksConfig = _tasks_model()
+
+
+class JobConfig(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    input: InputConfig
+    output: OutputConfig
+    storage: StorageConfig = StorageConfig()
+    engine: EngineConfig = EngineConfig()
+    tasks: TasksConfig  # type: ignore[valid-type]
+    max_row_error_rate: float = Field(
+        default=0.05, ge=0, le=1, description="above this share of failed rows the run fails instead of publishing"
+    )
+
+    @model_validator(mode="after")
+    def _at_least_one_task(self) -> "JobConfig":
+        if not self.enabled_tasks():
+            raise ValueError(f"tasks: name at least one task; known tasks: {', '.join(TASKS)}")
+        return self
+
+    def enabled_tasks(self) -> dict[str, Any]:
+        return {name: cfg for name in TASKS if (cfg := getattr(self.tasks, name)) is not None}
+
+    def redacted(self) -> dict[str, Any]:
+        """The job as resolved, for summaries and logs (the job file holds no secrets by design)."""
+        return self.model_dump(mode="json")
+
+
+# --- loading ---------------------------------------------------------------------------
+
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+
+def load_job(path: str | os.PathLike, overrides: list[str] = (), *, run_date: dt.date | None = None) -> JobConfig:
+    """Read, override, validate. Raises ConfigError with a message naming the field."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: job file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a job file is a mapping of keys (name, input, output, tasks, ...)")
+    for override in overrides:
+        apply_override(raw, override)
+    return validate_job(raw, source=str(path), run_date=run_date)
+
+
+def validate_job(raw: dict[str, Any], *, source: str = "job", run_date: dt.date | None = None) -> JobConfig:
+    try:
+        job = JobConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: invalid job file:\n" + format_validation_error(exc)) from None
+    uri = fill_date(job.output.uri, run_date or dt.datetime.now(dt.timezone.utc).date(), source)
+    return job.model_copy(update={"output": job.output.model_copy(update={"uri": uri})})
+
+
+def fill_date(uri: str, run_date: dt.date, source: str) -> str:
+    unknown = [name for name in _PLACEHOLDER.findall(uri) if name != "date"]
+    if unknown:
+        raise ConfigError(f"{source}: output.uri: unknown placeholder {{{unknown[0]}}}; the only one is {{date}}")
+    return uri.replace("{date}", run_date.isoformat())
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """`a.b.c=value`: value is read as YAML, so numbers, booleans and [lists] keep their type."""
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {override!r}: expected KEY=VALUE, e.g. tasks.sentiment.model=/models/xlmr")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {override!r}: {part} is not a mapping")
+        node = child
+    node[parts[-1]] = value
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(err["loc"][:-1])
+            hint = f"; allowed here: {', '.join(allowed)}" if allowed else ""
+            lines.append(f"  {loc}: unknown key{hint}")
+        elif err["type"] == "missing":
+            lines.append(f"  {loc}: required")
+        else:
+            lines.append(f"  {loc}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    model: Any = JobConfig
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = _model_in(field.annotation)
+        if model is None:
+            return []
+    return list(getattr(model, "model_fields", {}))
+
+
+def _model_in(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        if (found := _model_in(arg)) is not None:
+            return found
+    return None

@@ -1,0 +1,133 @@
+"""The Ray Data stage around an engine: prepare -> infer -> parse, for one batch at a time.
+
+A Ray Data actor (`map_batches` with a class) holds one `Engine` and the tasks it serves.
+Fan-out (a row needing several requests) and fan-in (joining the answers back onto the row)
+both happen inside one batch, so no shuffle is ever needed; identical requests within a
+batch are inferred once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from batch import schema
+from batch.infer.engine import Engine, EngineSpec
+from batch.tasks import TASKS
+from batch.tasks.base import Classify, Failure, Generate, Plan, Request, Result, RowError, Skip, Task, TaskConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """What one inference stage serves: an engine and the tasks that share it."""
+
+    engine: EngineSpec
+    tasks: tuple[tuple[str, TaskConfig], ...]
+    text_column: str
+    provenance: tuple[tuple[str, str], ...]  # task name -> model (and adapter) description
+
+
+class InferenceStage:
+    """Callable class for `Dataset.map_batches`: built once per actor, called per batch."""
+
+    def __init__(self, spec: StageSpec):
+        started = time.monotonic()
+        self.spec = spec
+        self.tasks: list[Task] = [TASKS[name](config) for name, config in spec.tasks]
+        self.provenance = dict(spec.provenance)
+        self.engine = Engine(spec.engine)
+        log.info("engine ready in %.1fs", time.monotonic() - started)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        texts, text_errors = schema.text_values(batch, self.spec.text_column)
+        n_rows = batch.num_rows
+
+        # prepare: every task turns every row into a plan (requests) or a skip
+        plans: dict[str, list[Plan | Skip | RowError]] = {}
+        for task in self.tasks:
+            plans[task.name] = [_prepare(task, text, error) for text, error in zip(texts, text_errors)]
+
+        # infer: each distinct request once, in one engine call per kind
+        unique: dict[Request, Result | None] = {}
+        for task_plans in plans.values():
+            for plan in task_plans:
+                if isinstance(plan, Plan):
+                    for request in plan.requests:
+                        unique.setdefault(request, None)
+        self._infer(unique)
+
+        # parse: join answers back onto rows, in row order
+        errors: list[list[str]] = [[] for _ in range(n_rows)]
+        skips: list[list[str]] = [[] for _ in range(n_rows)]
+        for task in self.tasks:
+            columns: dict[str, list[Any]] = {field.name: [None] * n_rows for field in task.columns()}
+            for row, (text, plan) in enumerate(zip(texts, plans[task.name])):
+                if isinstance(plan, RowError):
+                    errors[row].append(f"{task.name}: {plan}")
+                    continue
+                if isinstance(plan, Skip):
+                    skips[row].append(f"{task.name}: {plan.reason}")
+                    values = plan.values
+                else:
+                    try:
+                        values = task.parse(text, plan, [unique[request] for request in plan.requests])
+                    except Exception as exc:  # noqa: BLE001 - any parse failure is this row's error
+                        errors[row].append(f"{task.name}: {_describe(exc)}")
+                        continue
+                for name, value in values.items():
+                    columns[name][row] = value
+            for field in task.columns():
+                batch = schema.set_column(batch, field, columns[field.name])
+            model = self.provenance[task.name]
+            batch = schema.set_column(batch, pa.field(task.model_column(), pa.string()), [model] * n_rows)
+        return schema.merge_outcomes(batch, errors, skips)
+
+    def _infer(self, unique: dict[Request, Result | None]) -> None:
+        for kind, run in ((Generate, self.engine.generate), (Classify, self.engine.classify)):
+            requests = [request for request in unique if isinstance(request, kind)]
+            if not requests:
+                continue
+            for request, result in zip(requests, self._run_isolating_failures(run, requests)):
+                unique[request] = result
+
+    def _run_isolating_failures(self, run, requests: list[Request]) -> list[Result]:
+        """One engine call for the batch; if it raises, find the request that did it by
+        running them one by one, so one bad row fails alone. A dead engine is re-raised so
+        Ray restarts the actor and retries the batch."""
+        try:
+            return run(requests)
+        except Exception as exc:  # noqa: BLE001
+            if self.engine.is_fatal(exc):
+                raise
+            log.warning("engine call for %d requests failed (%s); isolating the failing ones", len(requests), exc)
+        results: list[Result] = []
+        for request in requests:
+            try:
+                results.extend(run([request]))
+            except Exception as exc:  # noqa: BLE001
+                if self.engine.is_fatal(exc):
+                    raise
+                results.append(Failure(f"inference failed: {_describe(exc)}"))
+        return results
+
+
+def _prepare(task: Task, text: str | None, text_error: str | None) -> Plan | Skip | RowError:
+    if text_error is not None:
+        return RowError(text_error)
+    if text is None:
+        return Skip("no text (null)")
+    try:
+        return task.prepare(text)
+    except Exception as exc:  # noqa: BLE001 - any prepare failure is this row's error
+        return RowError(_describe(exc))
+
+
+def _describe(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, RowError) else f"{type(exc).__name__}: {exc}"
+

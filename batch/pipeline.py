@@ -1,0 +1,246 @@
+"""The one place that wires the flow: read -> (prepare -> infer -> parse) per engine -> write.
+
+    plan      driver: list input files, read their footers, skip files a previous attempt
+              committed, group tasks by the model that serves them
+    read      Ray tasks: stream file slices as bounded Arrow batches tagged with their file
+    infer     Ray actors, one pool per model: prepare, infer, parse (batch/infer/stage.py)
+    write     Ray tasks: one staged Parquet part per (batch, source file)
+    commit    driver: an input file whose rows are all written gets a commit record
+    publish   driver: move parts into place, manifest, summary, _SUCCESS
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import os
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from batch.config import JobConfig
+from batch.infer.engine import EngineSpec, resolve_engine_settings
+from batch.infer.stage import InferenceStage, StageSpec
+from batch.io.read import BadInput, InputFile, make_reader, plan_inputs, read_slices
+from batch.io.storage import Location
+from batch.io.write import FileProgress, Output, job_fingerprint, make_part_writer
+from batch.summary import RunSummary
+from batch.tasks import TASKS
+
+log = logging.getLogger(__name__)
+
+# Read and write tasks are I/O bound: a small CPU share lets them run beside the engines.
+IO_TASK_CPUS = 0.25
+
+
+class RunFailed(Exception):
+    """The run stopped before publishing; the message says why and what to do."""
+
+
+@dataclass
+class EngineGroup:
+    """Tasks served by one model: one actor pool, one engine per actor."""
+
+    spec: EngineSpec
+    tasks: list[tuple[str, Any]] = field(default_factory=list)
+    provenance: dict[str, str] = field(default_factory=dict)
+
+
+def engine_groups(job: JobConfig, device: str) -> list[EngineGroup]:
+    """Tasks that name the same model and runner share an engine; their LoRA adapters are
+    served side by side by that engine (vLLM multi-LoRA), so base weights load once."""
+    settings = resolve_engine_settings(job.engine, device)
+    groups: dict[tuple[str, str], EngineGroup] = {}
+    for name, config in job.enabled_tasks().items():
+        runner = TASKS[name](config).engine_runner()
+        key = (config.model, runner)
+        if key not in groups:
+            spec = EngineSpec(
+                model=config.model,
+                runner=runner,
+                device=device,
+                tensor_parallel_size=job.engine.tensor_parallel_size,
+                max_num_seqs=job.engine.max_num_seqs,
+                enable_prefix_caching=job.engine.enable_prefix_caching,
+                seed=job.engine.seed,
+                **settings,
+            )
+            groups[key] = EngineGroup(spec)
+        group = groups[key]
+        if config.adapter:
+            group.spec = dataclasses.replace(group.spec, adapters=(*group.spec.adapters, (name, config.adapter)))
+        group.tasks.append((name, config))
+        group.provenance[name] = config.model + (f"+lora:{config.adapter}" if config.adapter else "")
+    return list(groups.values())
+
+
+def connect_ray(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    # "local" starts a fresh local cluster: never attach to a stale one left by a killed head.
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
+
+
+def detect_device(job: JobConfig) -> str:
+    if job.engine.device != "auto":
+        return job.engine.device
+    import ray
+
+    return "cuda" if ray.cluster_resources().get("GPU", 0) > 0 else "cpu"
+
+
+def run(
+    job: JobConfig,
+    *,
+    overwrite: bool = False,
+    ray_address: str | None = None,
+    echo: Callable[[str], None] = print,
+) -> RunSummary:
+    started = time.time()
+    run_id = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    output = Output(Location(job.output.uri, job.storage), job_fingerprint(_definition(job)))
+    summary = RunSummary(run_id=run_id, job=job.redacted(), output=job.output.uri)
+
+    if output.is_published() and not overwrite:
+        echo(f"{job.output.uri} is already published (_SUCCESS exists); nothing to do. Use --overwrite to redo it.")
+        summary.status = "already published"
+        return summary
+
+    # plan
+    files, bad_inputs = plan_inputs(job.input, job.storage)
+    output.discard_other_attempts()
+    committed = {uri: record for uri, record in output.committed().items() if _still_valid(record, files)}
+    pending = [file for file in files if file.uri not in committed]
+    summary.add_plan(files, bad_inputs, committed)
+    echo(
+        f"run {run_id}: {len(files)} input files ({sum(f.rows for f in files)} rows), "
+        f"{len(committed)} already committed, {len(pending)} to process, {len(bad_inputs)} unreadable"
+    )
+    for bad in bad_inputs:
+        echo(f"  unreadable input {bad.uri}: {bad.reason}")
+
+    progress = {file.uri: FileProgress(file) for file in pending}
+    for file in pending:
+        if file.rows == 0:  # nothing to read; commit now so the file counts as done
+            committed[file.uri] = output.commit(progress.pop(file.uri))
+
+    if progress:
+        _process(job, output, run_id, progress, committed, summary, ray_address, echo)
+
+    # check and publish
+    missing = [uri for uri in (f.uri for f in files) if uri not in committed]
+    if missing:
+        raise RunFailed(f"{len(missing)} input files were not fully written (first: {missing[0]}); rerun to resume")
+    summary.finish(committed.values(), started)
+    if summary.row_error_rate > job.max_row_error_rate:
+        raise RunFailed(
+            f"{summary.rows_failed} of {summary.rows_in} rows failed ({summary.row_error_rate:.1%}), above "
+            f"max_row_error_rate {job.max_row_error_rate:.1%}; nothing was published. Staged output is kept; "
+            f"see the error column in {output.staging.uri}"
+        )
+    manifest = {
+        "run_id": run_id,
+        "fingerprint": output.fingerprint,
+        "rows": summary.rows_out,
+        "inputs": [{"uri": r["source"], "rows": r["rows"], "size": r["size"]} for r in committed.values()],
+        "unreadable_inputs": [dataclasses.asdict(bad) for bad in bad_inputs],
+    }
+    output.publish(list(committed.values()), manifest, summary.to_dict())
+    summary.status = "published" if not bad_inputs else "published with unreadable inputs"
+    return summary
+
+
+def _process(
+    job: JobConfig,
+    output: Output,
+    run_id: str,
+    progress: dict[str, FileProgress],
+    committed: dict[str, dict],
+    summary: RunSummary,
+    ray_address: str | None,
+    echo: Callable[[str], None],
+) -> None:
+    import ray
+
+    connect_ray(ray_address)
+    device = detect_device(job)
+    groups = engine_groups(job, device)
+    summary.engines = [
+        {"model": g.spec.model, "runner": g.spec.runner, "device": device, "replicas": job.engine.replicas,
+         "tasks": [name for name, _ in g.tasks], "adapters": [name for name, _ in g.spec.adapters]}
+        for g in groups
+    ]  # fmt: skip
+
+    files = [p.file for p in progress.values()]
+    dataset = ray.data.from_items(read_slices(files), override_num_blocks=max(1, len(files)))
+    dataset = dataset.map_batches(
+        make_reader(job.input, job.storage), batch_size=1, batch_format="pyarrow", num_cpus=IO_TASK_CPUS
+    )
+    for group in groups:
+        dataset = dataset.map_batches(
+            InferenceStage,
+            fn_constructor_kwargs={
+                "spec": StageSpec(
+                    engine=group.spec,
+                    tasks=tuple(group.tasks),
+                    text_column=job.input.text_column,
+                    provenance=tuple(group.provenance.items()),
+                )
+            },
+            batch_size=job.engine.batch_size,
+            batch_format="pyarrow",
+            concurrency=job.engine.replicas,
+            **_actor_resources(job, device),
+        )
+    dataset = dataset.map_batches(
+        make_part_writer(output.staging, run_id), batch_format="pyarrow", num_cpus=IO_TASK_CPUS
+    )
+
+    total = sum(p.file.rows for p in progress.values())
+    done, last_report, t0 = 0, 0.0, time.time()
+    for record in dataset.iter_rows():
+        file_progress = progress[record["source"]]
+        file_progress.parts.append(record["part"])
+        file_progress.rows += record["rows"]
+        file_progress.counts = dict(Counter(file_progress.counts) + Counter(json.loads(record["counts"])))
+        done += record["rows"]
+        if file_progress.complete:
+            committed[record["source"]] = output.commit(file_progress)
+        now = time.time()
+        if now - last_report > 10 or done == total:
+            rate = done / max(now - t0, 1e-9)
+            echo(f"progress: {done}/{total} rows ({done / max(total, 1):.0%}), {rate:.1f} rows/s")
+            last_report = now
+
+
+def _actor_resources(job: JobConfig, device: str) -> dict[str, Any]:
+    if device == "cuda":
+        # One engine per GPU; with tensor parallelism the actor owns all its GPUs (vLLM's
+        # multiprocessing executor runs the shards inside the actor's node).
+        resources: dict[str, Any] = {"num_gpus": job.engine.tensor_parallel_size}
+        if job.engine.accelerator_type:
+            resources["accelerator_type"] = job.engine.accelerator_type
+        if job.engine.num_cpus:
+            resources["num_cpus"] = job.engine.num_cpus
+        return resources
+    return {"num_cpus": job.engine.num_cpus or 1}
+
+
+def _still_valid(record: dict, files: list[InputFile]) -> bool:
+    """A commit counts only if its input file is unchanged (same size and row count)."""
+    for file in files:
+        if file.uri == record["source"]:
+            return file.size == record["size"] and file.rows == record["rows"]
+    return False
+
+
+def _definition(job: JobConfig) -> dict[str, Any]:
+    """What determines the output's content: the resume fingerprint is computed from it."""
+    return {"input": job.input.model_dump(), "tasks": job.tasks.model_dump(), "engine_seed": job.engine.seed}

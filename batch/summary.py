@@ -1,0 +1,66 @@
+"""The run summary: what a run read, annotated, skipped and failed, and how fast.
+Written next to the output as `_summary.json` and printed at the end of a run."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    job: dict[str, Any]
+    output: str
+    status: str = "running"
+    input_files: int = 0
+    input_files_resumed: int = 0
+    unreadable_inputs: list[dict[str, str]] = field(default_factory=list)
+    rows_in: int = 0
+    rows_out: int = 0
+    rows_annotated: int = 0
+    rows_failed: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    engines: list[dict[str, Any]] = field(default_factory=list)
+    wall_seconds: float = 0.0
+    rows_per_second: float = 0.0
+
+    def add_plan(self, files, bad_inputs, committed: dict) -> None:
+        self.input_files = len(files) + len(bad_inputs)
+        self.input_files_resumed = len(committed)
+        self.unreadable_inputs = [{"uri": bad.uri, "reason": bad.reason} for bad in bad_inputs]
+        self.rows_in = sum(file.rows for file in files)
+
+    def finish(self, commits: Iterable[dict], started: float) -> None:
+        counts: Counter = Counter()
+        for record in commits:
+            counts.update(record["counts"])
+        self.rows_out = counts.get("rows", 0)
+        self.rows_failed = counts.get("failed", 0)
+        self.rows_annotated = self.rows_out - self.rows_failed
+        self.skipped = {key.removeprefix("skipped: "): n for key, n in sorted(counts.items()) if key.startswith("skipped: ")}
+        self.wall_seconds = round(time.time() - started, 2)
+        self.rows_per_second = round(self.rows_out / self.wall_seconds, 2) if self.wall_seconds else 0.0
+
+    @property
+    def row_error_rate(self) -> float:
+        return self.rows_failed / self.rows_out if self.rows_out else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def lines(self) -> list[str]:
+        lines = [
+            f"run {self.run_id}: {self.status}",
+            f"  output: {self.output}",
+            f"  input files: {self.input_files} ({self.input_files_resumed} resumed from a previous attempt)",
+            f"  rows: {self.rows_in} in, {self.rows_out} out, {self.rows_annotated} annotated, {self.rows_failed} failed",
+        ]
+        for reason, n in self.skipped.items():
+            lines.append(f"  skipped ({reason}): {n}")
+        for bad in self.unreadable_inputs:
+            lines.append(f"  unreadable input {bad['uri']}: {bad['reason']}")
+        lines.append(f"  wall time: {self.wall_seconds:.1f}s, {self.rows_per_second:.1f} rows/s")
+        return lines

@@ -1,0 +1,125 @@
+"""What a task is: a config, the columns it adds, how a row becomes requests, how results
+become column values. Tasks never touch vLLM, Ray or storage; they are plain functions of
+one row, which is what makes them easy to test and to add.
+
+Flow of one row through a task:
+    prepare(text) -> Plan(requests, state)  |  Skip(reason)     (CPU, no model)
+    engine answers every request (the stage deduplicates identical ones)
+    parse(text, plan, results) -> {column: value}  or raise RowError
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TaskConfig(BaseModel):
+    """Fields every task has: the model that serves it and an optional LoRA adapter."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    model: str = Field(description="local directory, s3:// prefix, or hub id of the (base) model")
+    adapter: str | None = Field(default=None, description="LoRA adapter directory (local or s3://) on top of model")
+    prompt_version: str = Field(default="1", description="bump when editing the prompt; part of the result cache key")
+
+
+# --- requests and results: the only vocabulary shared by tasks and the engine ---------
+
+
+@dataclass(frozen=True)
+class Generate:
+    """A chat-formatted generation request. Frozen so identical requests hash alike and
+    are inferred once."""
+
+    messages: tuple[tuple[str, str], ...]  # (role, content), rendered by the model's chat template
+    max_tokens: int
+    choices: tuple[str, ...] | None = None  # constrained decoding: the output is exactly one of these
+    adapter: str | None = None  # name of a LoRA adapter known to the engine
+
+
+@dataclass(frozen=True)
+class Classify:
+    """A sequence-classification request for a pooling (classifier) model."""
+
+    text: str
+
+
+Request = Generate | Classify
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str  # "stop" or "length" (hit max_tokens)
+    prompt_tokens: int
+    output_tokens: int
+
+
+@dataclass(frozen=True)
+class Classification:
+    probabilities: tuple[float, ...]  # aligned with the engine's labels
+    labels: tuple[str, ...]
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A request the engine could not answer (e.g. the prompt is longer than the model allows)."""
+
+    reason: str
+
+
+Result = Completion | Classification | Failure
+
+
+@dataclass
+class Plan:
+    """What a row needs from the engine, and what parse will need to rebuild the answer."""
+
+    requests: list[Request]
+    state: Any = None
+
+
+@dataclass
+class Skip:
+    """A row that needs no inference; `values` are the columns it still gets (may be empty)."""
+
+    reason: str
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+class RowError(Exception):
+    """A row-level failure: recorded in the row's `error` column; the batch goes on."""
+
+
+class Task:
+    """Base class of a task. A subclass sets `name`, `Config`, `runner`, and implements
+    `columns`, `prepare` and `parse`."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[TaskConfig]]
+    runner: ClassVar[Literal["generate", "classify"]] = "generate"
+
+    def __init__(self, config: TaskConfig):
+        self.config = config
+
+    def columns(self) -> list[pa.Field]:
+        raise NotImplementedError
+
+    def prepare(self, text: str) -> Plan | Skip:
+        raise NotImplementedError
+
+    def parse(self, text: str, plan: Plan, results: list[Result]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    # --- shared helpers -------------------------------------------------------------
+
+    def engine_runner(self) -> Literal["generate", "classify"]:
+        return self.runner
+
+    def model_column(self) -> str:
+        return f"{self.name}_model"
