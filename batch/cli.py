@@ -69,12 +69,13 @@ def run(job_file, input_uris, output_uri, overrides, run_date, overwrite, addres
 @_job_options
 def validate(job_file, input_uris, output_uri, overrides, run_date):
     """Check JOB_FILE, its inputs and its output without starting any engine."""
+    from batch.io.storage import StorageError
     from batch.validate import validate_job_inputs
 
     try:
         job = _load(job_file, input_uris, output_uri, overrides, run_date)
         problems, notes = validate_job_inputs(job)
-    except ConfigError as exc:
+    except (ConfigError, StorageError) as exc:
         click.echo(f"INVALID: {exc}", err=True)
         sys.exit(1)
     for note in notes:

@@ -111,7 +111,7 @@ def filesystem_for(uri: str, storage: StorageConfig) -> pafs.FileSystem:
     if scheme != "s3":
         raise ConfigError(f"{uri}: unsupported scheme {scheme!r}; use a local path or s3://")
     options: dict[str, Any] = {
-        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=max(1, storage.retries)),
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=3),  # `retrying` adds backoff on top
         "connect_timeout": 10,
         "request_timeout": 60,
     }
