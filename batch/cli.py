@@ -114,5 +114,14 @@ def demo(output_dir, workdir, job_file):
     )
 
 
+def _register_commands() -> None:
+    """Commands that live beside the modules they drive."""
+    from batch.report.command import report
+
+    main.add_command(report)
+
+
+_register_commands()
+
 if __name__ == "__main__":
     main()
