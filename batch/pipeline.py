@@ -106,7 +106,7 @@ def run(
     started = time.time()
     run_id = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
     output = Output(Location(job.output.uri, job.storage), job_fingerprint(_definition(job)))
-    summary = RunSummary(run_id=run_id, job=job.redacted(), output=job.output.uri)
+    summary = RunSummary(run_id=run_id, job=job.redacted(), output=job.output.uri, started=started)
 
     if output.is_published() and not overwrite:
         echo(f"{job.output.uri} is already published (_SUCCESS exists); nothing to do. Use --overwrite to redo it.")
@@ -152,8 +152,8 @@ def run(
         "inputs": [{"uri": r["source"], "rows": r["rows"], "size": r["size"]} for r in committed.values()],
         "unreadable_inputs": [dataclasses.asdict(bad) for bad in bad_inputs],
     }
-    output.publish(list(committed.values()), manifest, summary.to_dict())
     summary.status = "published" if not bad_inputs else "published with unreadable inputs"
+    output.publish(list(committed.values()), manifest, summary.to_dict())
     return summary
 
 
@@ -206,6 +206,8 @@ def _process(
     total = sum(p.file.rows for p in progress.values())
     done, last_report, t0 = 0, 0.0, time.time()
     for record in dataset.iter_rows():
+        if summary.seconds_to_first_row is None:
+            summary.seconds_to_first_row = round(time.time() - summary.started, 2)
         file_progress = progress[record["source"]]
         file_progress.parts.append(record["part"])
         file_progress.rows += record["rows"]

@@ -14,11 +14,15 @@ from collections import Counter
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 
 ERROR = "error"
 SKIP_REASON = "skip_reason"
 RUN_ID = "run_id"
 SOURCE_FILE = "__source_file"  # internal: which input file a row came from; dropped before writing
+# internal per-row usage, summed into the run summary and dropped before writing
+REQUESTS, INPUT_TOKENS, OUTPUT_TOKENS = "__requests", "__input_tokens", "__output_tokens"
+USAGE_COLUMNS = (REQUESTS, INPUT_TOKENS, OUTPUT_TOKENS)
 
 
 def text_values(batch: pa.Table, column: str) -> tuple[list[str | None], list[str | None]]:
@@ -60,9 +64,25 @@ def merge_outcomes(batch: pa.Table, errors: list[list[str]], skips: list[list[st
     return batch
 
 
+def add_usage(batch: pa.Table, usage: dict[str, list[int]]) -> pa.Table:
+    """Add this stage's engine usage to the row's internal usage columns."""
+    for name, values in usage.items():
+        if name in batch.column_names:
+            values = [a + b for a, b in zip(batch.column(name).to_pylist(), values)]
+        batch = set_column(batch, pa.field(name, pa.int64()), values)
+    return batch
+
+
+def internal_columns(batch: pa.Table) -> list[str]:
+    return [name for name in batch.column_names if name.startswith("__")]
+
+
 def outcome_counts(batch: pa.Table) -> Counter:
-    """rows, failed, skipped-by-reason: the figures a run summary adds up."""
+    """rows, failed, skipped-by-reason, engine usage: the figures a run summary adds up."""
     counts: Counter = Counter(rows=batch.num_rows)
+    for name in USAGE_COLUMNS:
+        if name in batch.column_names:
+            counts[name.strip("_")] += pa.compute.sum(batch.column(name)).as_py() or 0
     for error in batch.column(ERROR).to_pylist():
         if error is not None:
             counts["failed"] += 1

@@ -15,6 +15,7 @@ class RunSummary:
     job: dict[str, Any]
     output: str
     status: str = "running"
+    started: float = field(default_factory=time.time, repr=False)
     input_files: int = 0
     input_files_resumed: int = 0
     unreadable_inputs: list[dict[str, str]] = field(default_factory=list)
@@ -24,6 +25,10 @@ class RunSummary:
     rows_failed: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     engines: list[dict[str, Any]] = field(default_factory=list)
+    requests_inferred: int = 0  # distinct requests sent to an engine (duplicates and skips excluded)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    seconds_to_first_row: float | None = None  # start-up: planning, Ray, engine start, first batch
     wall_seconds: float = 0.0
     rows_per_second: float = 0.0
 
@@ -40,6 +45,9 @@ class RunSummary:
         self.rows_out = counts.get("rows", 0)
         self.rows_failed = counts.get("failed", 0)
         self.rows_annotated = self.rows_out - self.rows_failed
+        self.requests_inferred = counts.get("requests", 0)
+        self.input_tokens = counts.get("input_tokens", 0)
+        self.output_tokens = counts.get("output_tokens", 0)
         self.skipped = {key.removeprefix("skipped: "): n for key, n in sorted(counts.items()) if key.startswith("skipped: ")}
         self.wall_seconds = round(time.time() - started, 2)
         self.rows_per_second = round(self.rows_out / self.wall_seconds, 2) if self.wall_seconds else 0.0
@@ -62,5 +70,8 @@ class RunSummary:
             lines.append(f"  skipped ({reason}): {n}")
         for bad in self.unreadable_inputs:
             lines.append(f"  unreadable input {bad['uri']}: {bad['reason']}")
+        lines.append(
+            f"  engine: {self.requests_inferred} requests, {self.input_tokens} input tokens, {self.output_tokens} output tokens"
+        )
         lines.append(f"  wall time: {self.wall_seconds:.1f}s, {self.rows_per_second:.1f} rows/s")
         return lines

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,8 @@ from batch.tasks import TASKS
 from batch.tasks.base import Classify, Failure, Generate, Plan, Request, Result, RowError, Skip, Task, TaskConfig
 
 log = logging.getLogger(__name__)
+
+RECENT_ANSWERS = 50_000  # per actor; a few MB for labels, tens of MB for short translations
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,9 @@ class InferenceStage:
         self.tasks: list[Task] = [TASKS[name](config) for name, config in spec.tasks]
         self.provenance = dict(spec.provenance)
         self.engine = Engine(spec.engine)
+        # Answers of recent requests: a text repeated across batches (reposts, boilerplate)
+        # is inferred once per actor, not once per batch.
+        self.recent: OrderedDict[Request, Result] = OrderedDict()
         log.info("engine ready in %.1fs", time.monotonic() - started)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -60,9 +66,10 @@ class InferenceStage:
                 if isinstance(plan, Plan):
                     for request in plan.requests:
                         unique.setdefault(request, None)
-        self._infer(unique)
+        fresh = self._infer(unique)
 
         # parse: join answers back onto rows, in row order
+        usage = _usage_per_row(plans, unique, fresh, n_rows)
         errors: list[list[str]] = [[] for _ in range(n_rows)]
         skips: list[list[str]] = [[] for _ in range(n_rows)]
         for task in self.tasks:
@@ -86,15 +93,28 @@ class InferenceStage:
                 batch = schema.set_column(batch, field, columns[field.name])
             model = self.provenance[task.name]
             batch = schema.set_column(batch, pa.field(task.model_column(), pa.string()), [model] * n_rows)
+        batch = schema.add_usage(batch, usage)
         return schema.merge_outcomes(batch, errors, skips)
 
-    def _infer(self, unique: dict[Request, Result | None]) -> None:
+    def _infer(self, unique: dict[Request, Result | None]) -> set[Request]:
+        """Fill in every answer; returns the requests that really went to the engine."""
+        for request in unique:
+            if (known := self.recent.get(request)) is not None:
+                unique[request] = known
+                self.recent.move_to_end(request)
+        fresh: set[Request] = set()
         for kind, run in ((Generate, self.engine.generate), (Classify, self.engine.classify)):
-            requests = [request for request in unique if isinstance(request, kind)]
+            requests = [r for r, result in unique.items() if result is None and isinstance(r, kind)]
             if not requests:
                 continue
             for request, result in zip(requests, self._run_isolating_failures(run, requests)):
                 unique[request] = result
+                fresh.add(request)
+                if not isinstance(result, Failure):
+                    self.recent[request] = result
+        while len(self.recent) > RECENT_ANSWERS:
+            self.recent.popitem(last=False)
+        return fresh
 
     def _run_isolating_failures(self, run, requests: list[Request]) -> list[Result]:
         """One engine call for the batch; if it raises, find the request that did it by
@@ -115,6 +135,25 @@ class InferenceStage:
                     raise
                 results.append(Failure(f"inference failed: {_describe(exc)}"))
         return results
+
+
+def _usage_per_row(plans: dict[str, list], answers: dict, fresh: set[Request], n_rows: int) -> dict[str, list[int]]:
+    """Engine requests and tokens per row. A request shared by several rows is charged to
+    the first of them, so the columns add up to what the engine really did."""
+    usage = {name: [0] * n_rows for name in schema.USAGE_COLUMNS}
+    charged: set[Request] = set()
+    for task_plans in plans.values():
+        for row, plan in enumerate(task_plans):
+            if not isinstance(plan, Plan):
+                continue
+            for request in plan.requests:
+                if request in fresh and request not in charged:
+                    charged.add(request)
+                    usage[schema.REQUESTS][row] += 1
+                    answer = answers[request]
+                    usage[schema.INPUT_TOKENS][row] += getattr(answer, "prompt_tokens", 0)
+                    usage[schema.OUTPUT_TOKENS][row] += getattr(answer, "output_tokens", 0)
+    return usage
 
 
 def _prepare(task: Task, text: str | None, text_error: str | None) -> Plan | Skip | RowError:

@@ -52,11 +52,12 @@ def make_part_writer(staging: Location, run_id: str):
         records = []
         sources = batch.column(schema.SOURCE_FILE)
         for source in sources.unique().to_pylist():
-            rows = batch.filter(pc.equal(sources, source)).drop_columns([schema.SOURCE_FILE])
+            rows = batch.filter(pc.equal(sources, source))
+            counts = schema.outcome_counts(rows)
+            rows = rows.drop_columns(schema.internal_columns(rows))
             rows = schema.set_column(rows, pa.field(schema.RUN_ID, pa.string()), [run_id] * rows.num_rows)
             part = staging.join("parts", file_key(source), f"{uuid.uuid4().hex}.parquet")
             retrying(lambda: _write_parquet(rows, part), staging.storage, part.uri)
-            counts = schema.outcome_counts(rows)
             records.append({"source": source, "part": part.uri, "rows": rows.num_rows, "counts": json.dumps(counts)})
         return pa.Table.from_pylist(records, schema=PART_RECORD)
 
