@@ -58,6 +58,10 @@ def run(job_file, input_uris, output_uri, overrides, run_date, overwrite, addres
     except (ConfigError, RunFailed, StorageError) as exc:
         click.echo(f"FAILED: {exc}", err=True)
         sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - the last line must say FAILED, whatever happened
+        logging.getLogger("batch").exception("run failed")
+        click.echo(f"FAILED: {type(exc).__name__}: {exc}", err=True)
+        sys.exit(1)
     for line in summary.lines():
         click.echo(line)
     ok = summary.status in ("published", "already published")
@@ -116,9 +120,11 @@ def demo(output_dir, workdir, job_file):
 
 def _register_commands() -> None:
     """Commands that live beside the modules they drive."""
+    from batch.evaluate_command import eval_command
     from batch.report.command import report
 
     main.add_command(report)
+    main.add_command(eval_command)
 
 
 _register_commands()

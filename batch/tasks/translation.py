@@ -1,15 +1,40 @@
-"""Translation into one or more target languages, one output column per target
-(`translation_fr`, `translation_de`, ...). A row fans out into one request per target; the
-stage joins the answers back onto the row."""
+"""Translation into one or more target languages, one output column per target.
+
+Per row:
+1. The source language is identified offline (`batch.text.langid`) on the text without its
+   protected spans -> `source_lang` (ISO 639-1) and `source_lang_confidence`; both null
+   when nothing is left to judge (emoji only, URLs only, digits).
+2. Per target language:
+   - nothing translatable (no letter outside protected spans): no request; the translation
+     is the text itself (glossary fixed terms applied), flag `nothing_to_translate`;
+   - already in the target language (detected with at least
+     `language_detection.same_language_min_confidence`): no request; the translation is the
+     source text, flag `same_language` (other targets of the row are still translated);
+   - otherwise protected spans (URLs, e-mails, @mentions, #hashtags, emoji, inline code,
+     glossary terms) become placeholders ⟦1⟧..⟦n⟧, the text is split into pieces of at most
+     `max_source_chars_per_request` characters (paragraphs, then lines, sentences, words),
+     each piece is one request with an output budget that follows its length, and the
+     answers are joined back in order with the original separators.
+3. Guardrails flag, never fail, a translation: see FLAGS. `error` is kept for real failures
+   (the engine could not answer a request). A piece the model answered with nothing keeps
+   its source text (flag `empty`), so a translation is never blank for a non-blank text and
+   a long document never silently loses a paragraph.
+
+Columns: `source_lang` string, `source_lang_confidence` float64, and per target
+`translation_<lang>` string and `translation_<lang>_flags` list<string> (empty when clean).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from batch.tasks.base import Completion, Failure, Generate, Plan, Result, RowError, Skip, Task, TaskConfig
+from batch.text import checks, langid, segment
+from batch.text.spans import Masked, has_letters, localize, protect, restore, terms_from, visible
 
 LANGUAGE_NAMES = {
     "ar": "Arabic", "de": "German", "en": "English", "es": "Spanish", "fr": "French", "hi": "Hindi",
@@ -18,17 +43,102 @@ LANGUAGE_NAMES = {
 }  # fmt: skip
 
 INSTRUCTION = (
-    "Translate the user's text into {language}. Keep URLs, @mentions, #hashtags, emoji, code and "
-    "e-mail addresses exactly as they are. Answer with the translation only."
+    "Translate the user's text into {language}. Answer with the translation only. Tokens such as "
+    "⟦1⟧ are placeholders for text that must stay as it is: copy each one unchanged, exactly once, "
+    "where it belongs."
+)
+
+# Every flag a translation can carry, in the order they are listed. The first two are
+# informational (no request was made); the others mark a translation to filter or requeue.
+FLAGS = (
+    "same_language",  # the source is already in the target language: copied through
+    "nothing_to_translate",  # no letters outside protected spans (emoji, URLs, ...): copied through
+    "empty",  # the model's answer for the text, or a piece of it, is empty: that piece's source is kept
+    "truncated",  # a generation stopped at its token budget (finish_reason == "length")
+    "protected_span_missing",  # a placeholder was dropped or mangled: a protected span is missing
+    "wrong_language",  # the translation is confidently detected as another language
+    "copied_source",  # the translation repeats the source (source language != target)
+    "length_ratio",  # translation/source length outside [min_length_ratio, max_length_ratio]
 )
 
 
-class TranslationConfig(TaskConfig):
-    target_languages: list[str] = Field(min_length=1, description="ISO 639-1 codes, one output column each")
-    max_output_tokens: int = Field(default=512, gt=0, description="ceiling of the per-row output budget")
-    output_tokens_per_char: float = Field(
-        default=0.75, gt=0, description="output budget per source character, so long rows get room and short rows stay cheap"
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Glossary(_Section):
+    do_not_translate: list[str] = Field(default_factory=list, description="terms kept as written (brands, names)")
+    fixed: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="target language -> {source term: its fixed translation}"
     )
+
+    @field_validator("do_not_translate")
+    @classmethod
+    def _terms(cls, terms: list[str]) -> list[str]:
+        if any(not term.strip() for term in terms):
+            raise ValueError("glossary terms must not be blank")
+        return terms
+
+    @field_validator("fixed")
+    @classmethod
+    def _fixed(cls, fixed: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        for lang, entries in fixed.items():
+            if any(not source.strip() or not target.strip() for source, target in entries.items()):
+                raise ValueError(f"{lang}: glossary terms and their translations must not be blank")
+        return fixed
+
+
+class LanguageDetection(_Section):
+    languages: list[str] | None = Field(
+        default=None,
+        description="ISO 639-1 codes the detector chooses from (the targets are always added); "
+        "default: all 75 lingua languages. A short list is faster, lighter and avoids exotic confusions",
+    )
+    low_accuracy: bool = Field(default=False, description="lingua's low-accuracy mode: fast, poor on short posts")
+    same_language_min_confidence: float = Field(
+        default=0.5, ge=0, le=1, description="copy a row through (no request) only when this sure it is in the target"
+    )
+    max_chars: int = Field(default=1000, gt=0, description="detect on the first characters only")
+
+    @field_validator("languages")
+    @classmethod
+    def _known(cls, codes: list[str] | None) -> list[str] | None:
+        if codes is not None and (unknown := langid.unknown_codes(codes)):
+            known = ", ".join(sorted(langid.supported_languages()))
+            raise ValueError(f"lingua cannot detect {unknown}; known: {known}")
+        return codes
+
+
+class Guardrails(_Section):
+    min_length_ratio: float = Field(default=0.33, gt=0, description="flag length_ratio below this")
+    max_length_ratio: float = Field(default=3.0, gt=0, description="flag length_ratio above this")
+    min_chars_to_judge: int = Field(
+        default=20, ge=1, description="length ratio and output language are judged only on texts at least this long"
+    )
+    wrong_language_min_confidence: float = Field(default=0.5, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "Guardrails":
+        if self.min_length_ratio >= self.max_length_ratio:
+            raise ValueError("min_length_ratio must be below max_length_ratio")
+        return self
+
+
+class TranslationConfig(TaskConfig):
+    prompt_version: str = Field(default="2", description="bump when editing the prompt; part of the result cache key")
+    target_languages: list[str] = Field(min_length=1, description="ISO 639-1 codes, one output column each")
+    max_output_tokens: int = Field(default=512, gt=0, description="ceiling of the per-request output budget")
+    output_tokens_per_char: float = Field(
+        default=0.75,
+        gt=0,
+        description="output budget per source character, so long pieces get room and short ones stay cheap",
+    )
+    max_source_chars_per_request: int = Field(
+        default=500, ge=20, description="longer texts are split into pieces of at most this many characters"
+    )
+    glossary: Glossary = Glossary()
+    language_detection: LanguageDetection = LanguageDetection()
+    guardrails: Guardrails = Guardrails()
 
     @field_validator("target_languages")
     @classmethod
@@ -40,6 +150,35 @@ class TranslationConfig(TaskConfig):
             raise ValueError("target_languages lists a language twice")
         return codes
 
+    @model_validator(mode="after")
+    def _consistent(self) -> "TranslationConfig":
+        if extra := sorted(set(self.glossary.fixed) - set(self.target_languages)):
+            raise ValueError(f"glossary.fixed has {extra}, which are not in target_languages {self.target_languages}")
+        chosen = self.language_detection.languages
+        candidates = set(chosen or []) | set(self.target_languages)
+        if chosen is not None and len(candidates - set(langid.unknown_codes(candidates))) < 2:
+            raise ValueError("language_detection.languages: name at least two languages to choose from")
+        return self
+
+
+@dataclass
+class _Target:
+    """What parse needs for one target language of one row."""
+
+    lang: str
+    copy: str | None = None  # the translation, when no request was needed
+    flags: tuple[str, ...] = ()
+    source: str = ""  # visible source text (spans removed), for the guardrails
+    pieces: segment.Pieces | None = None
+    parts: tuple[Masked, ...] = ()  # one per piece, placeholders renumbered from ⟦1⟧
+    slots: tuple[int | None, ...] = ()  # per piece: its index in plan.requests, None if not sent
+
+
+@dataclass
+class _State:
+    detection: langid.Detection
+    targets: list[_Target]
+
 
 class TranslationTask(Task):
     name = "translation"
@@ -47,34 +186,130 @@ class TranslationTask(Task):
 
     config: TranslationConfig
 
+    def __init__(self, config: TranslationConfig):
+        super().__init__(config)
+        glossary, detection = config.glossary, config.language_detection
+        self._terms = {
+            lang: terms_from(glossary.do_not_translate, glossary.fixed.get(lang)) for lang in config.target_languages
+        }
+        self._names = terms_from(glossary.do_not_translate)  # hidden from the detector: names say no language
+        languages = None if detection.languages is None else [*detection.languages, *config.target_languages]
+        self._langid = langid.LanguageIdentifier(
+            languages, low_accuracy=detection.low_accuracy, max_chars=detection.max_chars
+        )
+
     def columns(self) -> list[pa.Field]:
-        return [pa.field(self.column(lang), pa.string()) for lang in self.config.target_languages]
+        fields = [pa.field("source_lang", pa.string()), pa.field("source_lang_confidence", pa.float64())]
+        for lang in self.config.target_languages:
+            fields.append(pa.field(self.column(lang), pa.string()))
+            fields.append(pa.field(self.flags_column(lang), pa.list_(pa.string())))
+        return fields
 
     @staticmethod
     def column(lang: str) -> str:
         return f"translation_{lang}"
 
+    @staticmethod
+    def flags_column(lang: str) -> str:
+        return f"translation_{lang}_flags"
+
+    # --- prepare ----------------------------------------------------------------------
+
     def prepare(self, text: str) -> Plan | Skip:
         if not text.strip():
             return Skip("empty text")
-        budget = min(self.config.max_output_tokens, 16 + int(len(text) * self.config.output_tokens_per_char))
-        requests = [
-            Generate(
-                messages=(("system", INSTRUCTION.format(language=LANGUAGE_NAMES.get(lang, lang))), ("user", text)),
-                max_tokens=budget,
-            )
-            for lang in self.config.target_languages
-        ]
-        return Plan(requests)
+        detection = self._langid.detect(visible(protect(text, self._names).text))
+        requests: list[Generate] = []
+        targets = [self._plan_target(text, lang, detection, requests) for lang in self.config.target_languages]
+        return Plan(requests, _State(detection, targets))
+
+    def _plan_target(self, text: str, lang: str, detection: langid.Detection, requests: list[Generate]) -> _Target:
+        masked = protect(text, self._terms[lang])
+        source = visible(masked.text)
+        if not has_letters(source):
+            return _Target(lang, copy=restore(masked.text, masked.spans).text.strip(), flags=("nothing_to_translate",))
+        sure = self.config.language_detection.same_language_min_confidence
+        if detection.language == lang and detection.confidence >= sure:
+            return _Target(lang, copy=text.strip(), flags=("same_language",))
+        pieces = segment.split(masked.text, self.config.max_source_chars_per_request)
+        parts = tuple(localize(piece, masked.spans) for piece in pieces.pieces)
+        slots: list[int | None] = []
+        for part in parts:
+            if has_letters(visible(part.text)):
+                slots.append(len(requests))
+                requests.append(self._request(lang, part.text))
+            else:  # a piece that is only spans (a code block, a line of links): nothing to ask
+                slots.append(None)
+        return _Target(lang, source=source, pieces=pieces, parts=parts, slots=tuple(slots))
+
+    def _request(self, lang: str, piece: str) -> Generate:
+        budget = min(self.config.max_output_tokens, 16 + int(len(piece) * self.config.output_tokens_per_char))
+        system = INSTRUCTION.format(language=LANGUAGE_NAMES.get(lang, lang))
+        return Generate(messages=(("system", system), ("user", piece)), max_tokens=budget)
+
+    # --- parse ------------------------------------------------------------------------
 
     def parse(self, text: str, plan: Plan, results: list[Result]) -> dict[str, Any]:
-        values: dict[str, Any] = {}
-        for lang, result in zip(self.config.target_languages, results):
-            if isinstance(result, Failure):
-                raise RowError(f"{self.column(lang)}: {result.reason}")
-            assert isinstance(result, Completion)
-            translated = result.text.strip()
-            if not translated:
-                raise RowError(f"{self.column(lang)}: the model returned an empty translation")
-            values[self.column(lang)] = translated
+        state: _State = plan.state
+        values: dict[str, Any] = {
+            "source_lang": state.detection.language,
+            "source_lang_confidence": state.detection.confidence,
+        }
+        for target in state.targets:
+            if target.copy is not None:
+                translation, flags = target.copy, set(target.flags)
+            else:
+                translation, flags = self._assemble(target, results, state.detection)
+            values[self.column(target.lang)] = translation
+            values[self.flags_column(target.lang)] = [flag for flag in FLAGS if flag in flags]
         return values
+
+    def _assemble(self, target: _Target, results: list[Result], detection: langid.Detection) -> tuple[str, set[str]]:
+        flags: set[str] = set()
+        outputs: list[str] = []
+        answered: list[str] = []  # visible model output, for the guardrails
+        for i, (part, slot) in enumerate(zip(target.parts, target.slots)):
+            if slot is None:
+                outputs.append(restore(part.text, part.spans).text)
+                continue
+            result = results[slot]
+            if isinstance(result, Failure):
+                where = f" piece {i + 1}/{len(target.parts)}:" if len(target.parts) > 1 else ""
+                raise RowError(f"{self.column(target.lang)}:{where} {result.reason}")
+            assert isinstance(result, Completion)
+            answer = result.text.strip()
+            if result.finish_reason == "length":
+                flags.add("truncated")
+            if not visible(answer):  # keep the source piece: a hole in a document would go unseen
+                flags.add("empty")
+                outputs.append(restore(part.text, part.spans).text)
+                continue
+            restored = restore(answer, part.spans)
+            if restored.missing or restored.unknown:
+                flags.add("protected_span_missing")
+            outputs.append(restored.text)
+            answered.append(visible(answer))
+        assert target.pieces is not None
+        glue = "" if target.lang in segment.NO_SPACE_LANGUAGES else " "
+        translation = target.pieces.join(outputs, glue=glue).strip()
+        return translation, flags | self._guardrails(target, " ".join(answered), detection)
+
+    def _guardrails(self, target: _Target, answer: str, detection: langid.Detection) -> set[str]:
+        rules = self.config.guardrails
+        flags: set[str] = set()
+        if checks.weighted_length(target.source) >= rules.min_chars_to_judge:
+            ratio = checks.length_ratio(target.source, answer)
+            if ratio is not None and not rules.min_length_ratio <= ratio <= rules.max_length_ratio:
+                flags.add("length_ratio")
+        foreign_source = detection.language is not None and detection.language != target.lang
+        if foreign_source and checks.is_copy(target.source, answer):
+            flags.add("copied_source")
+        if len(answer) >= rules.min_chars_to_judge and self._langid.supports(target.lang):
+            judged = self._langid.detect(answer)
+            if (
+                judged.language is not None
+                and judged.language != target.lang
+                and judged.confidence >= rules.wrong_language_min_confidence
+            ):
+                flags.add("wrong_language")
+        return flags
