@@ -204,8 +204,20 @@ def _process(
     )
 
     total = sum(p.file.rows for p in progress.values())
+    try:
+        _consume(dataset.iter_rows(), progress, committed, output, summary, total, echo)
+    except Exception as exc:  # noqa: BLE001 - anything that stops the stream stops the run
+        raise RunFailed(
+            f"processing stopped: {_root_cause(exc)}. {len(committed)} input files are committed; "
+            f"rerun the same command to resume from there."
+        ) from exc
+
+
+def _consume(records, progress, committed, output: Output, summary: RunSummary, total: int, echo) -> None:
+    """The driver's loop over write records: count rows per input file, commit each file
+    as soon as all its rows are written, report progress."""
     done, last_report, t0 = 0, 0.0, time.time()
-    for record in dataset.iter_rows():
+    for record in records:
         if summary.seconds_to_first_row is None:
             summary.seconds_to_first_row = round(time.time() - summary.started, 2)
         file_progress = progress[record["source"]]
@@ -220,6 +232,19 @@ def _process(
             rate = done / max(now - t0, 1e-9)
             echo(f"progress: {done}/{total} rows ({done / max(total, 1):.0%}), {rate:.1f} rows/s")
             last_report = now
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost error, without Ray's wrapping (RayTaskError keeps it in .cause)."""
+    seen = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        inner = getattr(exc, "cause", None) or exc.__cause__
+        if not isinstance(inner, BaseException):
+            break
+        exc = inner
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
 def _actor_resources(job: JobConfig, device: str) -> dict[str, Any]:
