@@ -20,18 +20,48 @@ ERROR = "error"
 SKIP_REASON = "skip_reason"
 RUN_ID = "run_id"
 SOURCE_FILE = "__source_file"  # internal: which input file a row came from; dropped before writing
+TEXT_ERROR = "__text_error"  # internal: why a row's text cannot be used (set by the reader); dropped before writing
 # internal per-row usage, summed into the run summary and dropped before writing
 REQUESTS, INPUT_TOKENS, OUTPUT_TOKENS = "__requests", "__input_tokens", "__output_tokens"
 USAGE_COLUMNS = (REQUESTS, INPUT_TOKENS, OUTPUT_TOKENS)
 
 
-def text_values(batch: pa.Table, column: str) -> tuple[list[str | None], list[str | None]]:
-    """The text of every row, and per row an error when the text cannot be used at all."""
-    values = batch.column(column)
-    n_rows = batch.num_rows
-    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
-        return values.to_pylist(), [None] * n_rows
-    if pa.types.is_binary(values.type) or pa.types.is_large_binary(values.type):
+def normalize_text(table: pa.Table, column: str) -> pa.Table:
+    """The read stage's view of one file's rows: the text column as `string` whatever the
+    file stored, and TEXT_ERROR saying per row why its text cannot be used (null when it
+    can). Every block then has the same text type, so Ray can batch rows of different
+    files together, and `text_values` needs no more than these two columns.
+
+    - string, large_string, dictionary of strings: cast to string; a null-typed column
+      (a file whose texts are all null) is string nulls (those rows are skipped, not failed);
+    - binary: decoded as UTF-8; a row that is not valid UTF-8 gets null text and an error
+      (Arrow strings are always valid UTF-8, so this is also how lone surrogates arrive);
+    - any other type (int64, ...): every row gets an error naming the column and its type;
+      the values are kept as text where Arrow can cast them (numbers, dates), else null;
+    - no such column: every row gets an error saying so, and a null text.
+    """
+    n_rows = table.num_rows
+    if column not in table.column_names:
+        texts: pa.Array = pa.nulls(n_rows, pa.string())
+        errors = [f"no text column {column!r} in this file"] * n_rows
+        table = table.append_column(pa.field(column, pa.string()), texts)
+    else:
+        values = table.column(column)
+        texts, errors = _decode(values, column)
+        index = table.schema.get_field_index(column)
+        table = table.set_column(index, pa.field(column, pa.string()), texts)
+    return set_column(table, pa.field(TEXT_ERROR, pa.string()), errors)
+
+
+def _decode(values: pa.ChunkedArray, column: str) -> tuple[pa.Array, list[str | None]]:
+    """(texts as a string array, per-row error) for a text column of any type."""
+    n_rows = len(values)
+    type_ = values.type
+    if pa.types.is_dictionary(type_):
+        type_ = type_.value_type
+    if pa.types.is_null(type_) or pa.types.is_string(type_) or pa.types.is_large_string(type_):
+        return values.cast(pa.string()).combine_chunks(), [None] * n_rows
+    if pa.types.is_binary(type_) or pa.types.is_large_binary(type_):
         texts: list[str | None] = []
         errors: list[str | None] = []
         for raw in values.to_pylist():
@@ -41,9 +71,22 @@ def text_values(batch: pa.Table, column: str) -> tuple[list[str | None], list[st
             except UnicodeDecodeError as exc:
                 texts.append(None)
                 errors.append(f"text is not valid UTF-8 (byte {exc.start})")
-        return texts, errors
+        return pa.array(texts, pa.string()), errors
     reason = f"text column {column!r} has type {values.type}, expected string"
-    return [None] * n_rows, [reason] * n_rows
+    try:
+        as_text = values.cast(pa.string()).combine_chunks()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        as_text = pa.nulls(n_rows, pa.string())
+    return as_text, [reason] * n_rows
+
+
+def text_values(batch: pa.Table, column: str) -> tuple[list[str | None], list[str | None]]:
+    """The text of every row, and per row an error when the text cannot be used at all.
+    Batches from the read stage carry both (see `normalize_text`); any other table is
+    decoded here the same way."""
+    if TEXT_ERROR not in batch.column_names:
+        batch = normalize_text(batch, column)
+    return batch.column(column).to_pylist(), batch.column(TEXT_ERROR).to_pylist()
 
 
 def set_column(batch: pa.Table, field: pa.Field, values: list[Any]) -> pa.Table:

@@ -4,12 +4,18 @@ Planning happens on the driver and reads only Parquet footers (row counts, schem
 bad file is found before any engine starts. Reading happens in Ray tasks, one per file
 slice (a run of row groups), yielding bounded batches tagged with their source file: that
 tag is what lets the writer commit output file by file, and a rerun resume.
+
+Files of one input may differ in their columns. Ray Data batches rows of several files
+together, and a batch has one schema, so every block leaves the reader in the same one
+(`output_schema`): the union of the files' columns, a file lacking a column gets nulls in
+it, types widened where they combine (int32 and int64 -> int64), the text column always
+`string` with the per-row reason its text cannot be used (`schema.normalize_text`).
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import pyarrow as pa
@@ -29,6 +35,9 @@ class InputFile:
     rows: int
     row_groups: tuple[int, ...]  # rows per row group
     columns: tuple[str, ...]
+    # Arrow schema of the file's rows as the read stage yields them: the footer's, with
+    # the text column as string (added when the file lacks it). None: unknown, no union.
+    schema: pa.Schema | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -41,7 +50,8 @@ class BadInput:
 
 def plan_inputs(config: InputConfig, storage: StorageConfig) -> tuple[list[InputFile], list[BadInput]]:
     """Every input file with its footer facts; files that cannot be used are returned as
-    BadInput with the reason (corrupt, id column missing)."""
+    BadInput with the reason (corrupt, id column missing). Raises ConfigError when two
+    files give a column types that do not combine (see `output_schema`)."""
     uris: list[tuple[str, int]] = []
     for i, uri in enumerate(config.uris):
         found = expand_input(uri, storage)
@@ -53,7 +63,38 @@ def plan_inputs(config: InputConfig, storage: StorageConfig) -> tuple[list[Input
         inspected = list(pool.map(lambda item: _inspect(item[0], item[1], config, storage), uris))
     files = [item for item in inspected if isinstance(item, InputFile)]
     bad = [item for item in inspected if isinstance(item, BadInput)]
+    output_schema(files)  # a column whose types conflict stops the run here, before Ray starts
     return files, bad
+
+
+def output_schema(files: list[InputFile]) -> pa.Schema | None:
+    """The schema every block of these files leaves the reader in: the union of their
+    columns in order of first appearance, each type widened to fit every file (Arrow's
+    permissive promotion: int32+int64 -> int64, int64+double -> double, null+T -> T).
+    None when a file's schema is unknown. Raises ConfigError naming the column and two
+    files when its types do not combine (int64 in one file, string in another)."""
+    if not files or any(file.schema is None for file in files):
+        return None
+    fields: dict[str, pa.Field] = {}
+    first: dict[str, str] = {}
+    for file in files:
+        for column in file.schema:
+            if column.name not in fields:
+                fields[column.name], first[column.name] = pa.field(column.name, column.type), file.uri
+                continue
+            try:
+                merged = pa.unify_schemas(
+                    [pa.schema([fields[column.name]]), pa.schema([pa.field(column.name, column.type)])],
+                    promote_options="permissive",
+                )
+            except (pa.ArrowTypeError, pa.ArrowInvalid):
+                raise ConfigError(
+                    f"input column {column.name!r} has type {column.type} in {file.uri} but "
+                    f"{fields[column.name].type} in {first[column.name]}: the input files must agree on the "
+                    f"type of every column but the text column"
+                ) from None
+            fields[column.name] = merged.field(0)
+    return pa.schema(list(fields.values()))
 
 
 def _inspect(uri: str, size: int, config: InputConfig, storage: StorageConfig) -> InputFile | BadInput:
@@ -61,7 +102,8 @@ def _inspect(uri: str, size: int, config: InputConfig, storage: StorageConfig) -
     try:
         with location.fs.open_input_file(location.path) as handle:
             metadata = pq.ParquetFile(handle).metadata
-            names = tuple(metadata.schema.to_arrow_schema().names)
+            arrow_schema = metadata.schema.to_arrow_schema()
+            names = tuple(arrow_schema.names)
     except (pa.ArrowInvalid, OSError) as exc:
         return BadInput(uri, f"not a readable Parquet file: {exc}")
     if config.id_column not in names:
@@ -69,22 +111,33 @@ def _inspect(uri: str, size: int, config: InputConfig, storage: StorageConfig) -
     if reserved := [name for name in names if name.startswith("__")]:
         return BadInput(uri, f"column names starting with '__' are reserved for the job: {', '.join(reserved)}")
     row_groups = tuple(metadata.row_group(i).num_rows for i in range(metadata.num_row_groups))
-    return InputFile(uri=uri, size=size, rows=metadata.num_rows, row_groups=row_groups, columns=names)
+    read_schema = pa.schema([pa.field(f.name, f.type) for f in arrow_schema if f.name != config.text_column])
+    text_field = pa.field(config.text_column, pa.string())
+    if config.text_column in names:
+        read_schema = read_schema.insert(names.index(config.text_column), text_field)
+    else:
+        read_schema = read_schema.append(text_field)
+    return InputFile(
+        uri=uri, size=size, rows=metadata.num_rows, row_groups=row_groups, columns=names, schema=read_schema
+    )
 
 
 def read_slices(files: list[InputFile], rows_per_slice: int = 65_536) -> list[dict]:
     """Split files into runs of whole row groups of about `rows_per_slice` rows: the unit
-    of one read task."""
+    of one read task. Each slice carries the schema its rows leave the reader in (the union
+    over these files: on a resume, over the files still to do)."""
+    union = output_schema(files)
+    target = union.serialize().to_pybytes() if union is not None else None
     slices = []
     for file in files:
         start, rows = 0, 0
         for index, group_rows in enumerate(file.row_groups):
             rows += group_rows
             if rows >= rows_per_slice:
-                slices.append({"uri": file.uri, "first_group": start, "end_group": index + 1})
+                slices.append({"uri": file.uri, "first_group": start, "end_group": index + 1, "schema": target})
                 start, rows = index + 1, 0
         if start < len(file.row_groups) or not file.row_groups:
-            slices.append({"uri": file.uri, "first_group": start, "end_group": len(file.row_groups)})
+            slices.append({"uri": file.uri, "first_group": start, "end_group": len(file.row_groups), "schema": target})
     return slices
 
 
@@ -100,6 +153,7 @@ def make_reader(config: InputConfig, storage: StorageConfig):
 
 def _read_slice(item: dict, config: InputConfig, storage: StorageConfig) -> Iterator[pa.Table]:
     location = Location(item["uri"], storage)
+    target = pa.ipc.read_schema(pa.py_buffer(item["schema"])) if item.get("schema") else None
     with location.fs.open_input_file(location.path) as handle:
         parquet = pq.ParquetFile(handle)
         names = parquet.schema_arrow.names
@@ -107,12 +161,25 @@ def _read_slice(item: dict, config: InputConfig, storage: StorageConfig) -> Iter
         if config.columns is not None:
             wanted = [config.id_column, config.text_column, *config.columns]
             columns = [name for name in dict.fromkeys(wanted) if name in names]
+            if target is not None:
+                target = pa.schema([f for f in target if f.name in wanted])
         groups = list(range(item["first_group"], item["end_group"]))
         if not groups:  # a zero-row file: nothing to yield, and nothing is lost
             return
         for record_batch in parquet.iter_batches(batch_size=READ_BATCH_ROWS, row_groups=groups, columns=columns):
-            table = pa.Table.from_batches([record_batch])
-            if config.text_column not in table.column_names:
-                # Missing text column: the rows still flow, and each gets an error saying so.
-                table = table.append_column(config.text_column, pa.nulls(table.num_rows, pa.null()))
+            # The text as string with its per-row error (a missing or non-string text
+            # column: the rows still flow, and each gets an error saying so).
+            table = schema.normalize_text(pa.Table.from_batches([record_batch]), config.text_column)
+            if target is not None:
+                table = _conform(table, target.append(pa.field(schema.TEXT_ERROR, pa.string())))
             yield table.append_column(schema.SOURCE_FILE, pa.array([item["uri"]] * table.num_rows, pa.string()))
+
+
+def _conform(table: pa.Table, target: pa.Schema) -> pa.Table:
+    """`table` in the target schema: its columns cast to the (widened) types, in the
+    target's order, a column it lacks as nulls."""
+    arrays = [
+        table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+        for f in target
+    ]
+    return pa.Table.from_arrays(arrays, schema=target)
