@@ -65,7 +65,8 @@ def run(job_file, input_uris, output_uri, overrides, run_date, overwrite, addres
     for line in summary.lines():
         click.echo(line)
     ok = summary.status in ("published", "already published")
-    click.echo(f"{'SUCCEEDED' if ok else 'FAILED'}: {summary.status}: {summary.output}")
+    # Exit 2: published, but some input files could not be read (they are in the manifest).
+    click.echo(f"{'SUCCEEDED' if ok else 'PARTIAL'}: {summary.status}: {summary.output}")
     sys.exit(0 if ok else 2)
 
 
@@ -74,10 +75,12 @@ def run(job_file, input_uris, output_uri, overrides, run_date, overwrite, addres
 def validate(job_file, input_uris, output_uri, overrides, run_date):
     """Check JOB_FILE, its inputs and its output without starting any engine."""
     from batch.io.storage import StorageError
+    from batch.pipeline import check_models
     from batch.validate import validate_job_inputs
 
     try:
         job = _load(job_file, input_uris, output_uri, overrides, run_date)
+        check_models(job)
         problems, notes = validate_job_inputs(job)
     except (ConfigError, StorageError) as exc:
         click.echo(f"INVALID: {exc}", err=True)
