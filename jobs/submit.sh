@@ -1,0 +1,222 @@
+#!/usr/bin/env bash
+# Submit one job of jobs/ to a running Ray cluster, at most once per job and date.
+#
+#   jobs/submit.sh JOB [--date YYYY-MM-DD] [--no-wait] [-- ARGS...]
+#
+#   JOB        a job file under the repository (jobs/nightly_translation.yaml) or its short
+#              name (nightly_translation)
+#   --date     the run date (default: today, UTC). It names the submission and is passed to
+#              the job as `--date`, so it also fills {date} in output.uri
+#   --no-wait  submit (or find the run already going) and return at once
+#   ARGS       handed to `python -m batch run`, e.g.
+#              -- --input s3://corpus-raw/posts/2026-11-24/ --set engine.replicas=8
+#
+# What it runs on the cluster:
+#
+#   ray job submit --address $RAY_ADDRESS --submission-id <name>-<date> \
+#       --runtime-env-json '{"working_dir": ".", "excludes": [...], "env_vars": {...}}' \
+#       -- python -m batch run jobs/X.yaml --date <date> ARGS...
+#
+# The package travels with the submission: the working directory (this repository, less
+# .gitignore'd files and the excludes below) is uploaded and is the job's current directory
+# and first import path on every node, so the code that runs is the code submitted. The
+# heavy dependencies (vLLM's GPU build, torch, CUDA) do not travel: they are installed on
+# every node by cluster.yaml (`VLLM_SPEC=vllm==... scripts/install.sh`) or baked into the
+# image on Kubernetes, and `python` on the nodes is that environment's.
+#
+# Credentials never travel with a submission: the runtime env, the entry point and the
+# metadata are stored in the cluster's job table and shown on the dashboard. Workers get
+# object-store access from their instance role (cluster.yaml: IamInstanceProfile), an IRSA
+# service account (Kubernetes), or the environment of their `ray start`. This script refuses
+# a runtime env or arguments that name a credential variable.
+#
+# One run per job and date: the submission id is <job name>-<date>, e.g.
+# nightly-translation-2026-11-24. Before submitting, the script looks that id up:
+#   SUCCEEDED          nothing is submitted; exit 0
+#   PENDING / RUNNING  nothing is submitted; the script follows that run and exits with its result
+#   FAILED / STOPPED   a new attempt is submitted as <id>-attempt2, -attempt3, ... (up to
+#                      MAX_ATTEMPTS in all); it resumes from the files the failed run committed
+# Ray refuses a second submission with an existing id, so two schedulers racing on the same
+# date still start one run: the loser follows the winner's.
+#
+# Environment:
+#   RAY_ADDRESS or RAY_API_SERVER_ADDRESS  the cluster's dashboard, e.g. http://127.0.0.1:8265
+#                      (on the head node, or through `ray dashboard cluster.yaml` from outside)
+#   RAY_AUTH_MODE      token (set here when unset; any other value is refused). The token is read
+#                      from ~/.ray/auth_token, $RAY_AUTH_TOKEN_PATH or $RAY_AUTH_TOKEN.
+#   RUNTIME_ENV_JSON   replaces the default runtime env below (keep working_dir ".")
+#   MAX_ATTEMPTS       attempts per job and date, default 3
+#
+# Exit status: 0 the run SUCCEEDED (now or earlier), 1 it FAILED or was STOPPED (or the attempts
+# are used up), 2 usage error, 3 the cluster could not be asked or did not accept the job.
+# The last line printed says which, e.g. "submit.sh: nightly-translation-2026-11-24 SUCCEEDED".
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PROG="submit.sh"
+
+die() { local code="$1"; shift; echo "$PROG: $*" >&2; exit "$code"; }
+
+usage() {
+  sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  exit "${1:-2}"
+}
+
+# --- arguments ---------------------------------------------------------------------------
+JOB=""
+DATE=""
+WAIT=1
+EXTRA=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --date) [[ $# -ge 2 ]] || usage; DATE="$2"; shift 2 ;;
+    --date=*) DATE="${1#--date=}"; shift ;;
+    --no-wait) WAIT=0; shift ;;
+    -h|--help) usage 0 ;;
+    --) shift; EXTRA=("$@"); break ;;
+    -*) die 2 "unknown option $1 (arguments for the job go after --)" ;;
+    *) [[ -z "$JOB" ]] || die 2 "one job at a time (got $JOB and $1)"; JOB="$1"; shift ;;
+  esac
+done
+[[ -n "$JOB" ]] || usage
+
+DATE="${DATE:-$(date -u +%F)}"
+[[ "$DATE" =~ ^[0-9]{4}-[0-9]{2}-[0-9]{2}$ ]] || die 2 "--date $DATE: expected YYYY-MM-DD"
+
+# The job file must be inside the repository: it is shipped with the working directory.
+if [[ "$JOB" != */* && "$JOB" != *.yaml && "$JOB" != *.yml ]]; then
+  JOB="jobs/$JOB.yaml"
+fi
+if [[ "$JOB" = /* ]]; then JOB_PATH="$JOB"; elif [[ -e "$JOB" ]]; then JOB_PATH="$PWD/$JOB"; else JOB_PATH="$REPO/$JOB"; fi
+[[ -f "$JOB_PATH" ]] || die 2 "$JOB: no such job file"
+JOB_PATH="$(cd "$(dirname "$JOB_PATH")" && pwd)/$(basename "$JOB_PATH")"
+case "$JOB_PATH" in
+  "$REPO"/*) JOB_REL="${JOB_PATH#"$REPO"/}" ;;
+  *) die 2 "$JOB: the job file must be inside $REPO (it travels with the working directory)" ;;
+esac
+
+NAME="$(sed -n "s/^name:[[:space:]]*[\"']\{0,1\}\([A-Za-z0-9][A-Za-z0-9_.-]*\).*/\1/p" "$JOB_PATH" | head -n 1)"
+[[ -n "$NAME" ]] || die 2 "$JOB_REL: no top-level 'name:' to name the submission after"
+BASE_ID="$NAME-$DATE"
+
+# --- cluster, authentication, runtime env ------------------------------------------------
+ADDRESS="${RAY_API_SERVER_ADDRESS:-${RAY_ADDRESS:-}}"
+[[ -n "$ADDRESS" ]] || die 2 "set RAY_ADDRESS to the cluster's dashboard, e.g. http://127.0.0.1:8265 (ray dashboard cluster.yaml)"
+
+if [[ -n "${RAY_AUTH_MODE:-}" && "${RAY_AUTH_MODE}" != "token" ]]; then
+  die 2 "RAY_AUTH_MODE=$RAY_AUTH_MODE: the clusters run with token authentication; unset it or set it to token"
+fi
+export RAY_AUTH_MODE=token
+
+RUNTIME_ENV_JSON="${RUNTIME_ENV_JSON:-$(cat <<'JSON'
+{"working_dir": ".",
+ "excludes": [".git", ".venv", "tests", "out", ".demo", ".pytest_cache", "*.egg-info", "__pycache__"],
+ "env_vars": {"PYTHONUNBUFFERED": "1"}}
+JSON
+)}"
+MAX_ATTEMPTS="${MAX_ATTEMPTS:-3}"
+[[ "$MAX_ATTEMPTS" =~ ^[1-9][0-9]*$ ]] || die 2 "MAX_ATTEMPTS=$MAX_ATTEMPTS: expected a positive number"
+
+for secret in AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN AWS_ACCESS_KEY_ID HF_TOKEN HUGGING_FACE_HUB_TOKEN RAY_AUTH_TOKEN; do
+  if grep -q "$secret" <<<"$RUNTIME_ENV_JSON ${EXTRA[*]:-}"; then
+    die 2 "$secret in the runtime env or job arguments: credentials never go into a submission (the job table and the dashboard show them); workers take them from their instance role, service account or environment"
+  fi
+done
+
+command -v ray >/dev/null 2>&1 || die 3 "the ray CLI is not on PATH (scripts/install.sh, then .venv/bin)"
+RAY_BIN="$(command -v ray)"
+PYTHON="${PYTHON:-$(dirname "$RAY_BIN")/python}"
+[[ -x "$PYTHON" ]] || PYTHON=python3
+
+# `ask list BASE`: "<attempt> <submission id> <status>" for every attempt of BASE, oldest first.
+# `ask status ID`: the status of ID, or NOT_FOUND. Exit 3 when the cluster cannot be asked.
+ask() {
+  "$PYTHON" - "$ADDRESS" "$@" <<'PY'
+import re
+import sys
+
+address, mode, key = sys.argv[1:4]
+try:
+    from ray.job_submission import JobSubmissionClient
+
+    jobs = JobSubmissionClient(address).list_jobs()
+except Exception as exc:  # unreachable, unauthorized, not a Ray dashboard
+    print(f"cannot list the jobs at {address}: {exc}", file=sys.stderr)
+    sys.exit(3)
+
+
+def status(job):
+    return getattr(job.status, "value", str(job.status))
+
+
+if mode == "status":
+    print(next((status(job) for job in jobs if job.submission_id == key), "NOT_FOUND"))
+else:
+    pattern = re.compile(re.escape(key) + r"(?:-attempt([0-9]+))?")
+    found = sorted(
+        (int(match.group(1) or 1), job.submission_id, status(job))
+        for job in jobs
+        if job.submission_id and (match := pattern.fullmatch(job.submission_id))
+    )
+    for attempt, submission_id, state in found:
+        print(attempt, submission_id, state)
+PY
+}
+
+# Follow a run until it ends; exit with its result.
+follow() {
+  local id="$1" state
+  while :; do
+    if [[ "$WAIT" == 1 ]]; then
+      ray job logs --address "$ADDRESS" --follow --log-style record "$id" || true
+    fi
+    state="$(ask status "$id")" || die 3 "cannot ask the cluster for $id"
+    case "$state" in
+      SUCCEEDED) echo "$PROG: $id SUCCEEDED"; exit 0 ;;
+      FAILED|STOPPED) echo "$PROG: $id $state (ray job logs $id)"; exit 1 ;;
+      PENDING|RUNNING)
+        if [[ "$WAIT" == 0 ]]; then echo "$PROG: $id $state (ray job logs --follow $id)"; exit 0; fi
+        sleep 5 ;;  # the log stream ended early (a dropped connection): follow again
+      *) die 3 "$id: unexpected status $state" ;;
+    esac
+  done
+}
+
+# --- one run per job and date ------------------------------------------------------------
+cd "$REPO"
+ATTEMPTS="$(ask list "$BASE_ID")" || die 3 "cannot reach the cluster at $ADDRESS"
+tried=0
+last_attempt=0
+while read -r attempt id state; do
+  [[ -n "${attempt:-}" ]] || continue
+  tried=$((tried + 1))
+  last_attempt="$attempt"
+  case "$state" in
+    SUCCEEDED)
+      echo "$PROG: $id already SUCCEEDED; not submitting again"
+      echo "$PROG: $id SUCCEEDED"
+      exit 0 ;;
+    PENDING|RUNNING)
+      echo "$PROG: $id is already $state; not submitting a second copy"
+      follow "$id" </dev/null ;;
+  esac
+done <<<"$ATTEMPTS"
+
+if (( tried >= MAX_ATTEMPTS )); then
+  echo "$PROG: $BASE_ID failed $tried times (MAX_ATTEMPTS=$MAX_ATTEMPTS); not retrying: see ray job logs $BASE_ID"
+  echo "$PROG: $BASE_ID FAILED"
+  exit 1
+fi
+if (( tried == 0 )); then ID="$BASE_ID"; else ID="$BASE_ID-attempt$((last_attempt + 1))"; fi
+
+METADATA="{\"job\": \"$NAME\", \"date\": \"$DATE\", \"attempt\": \"$((tried + 1))\", \"job_file\": \"$JOB_REL\"}"
+echo "$PROG: submitting $JOB_REL for $DATE as $ID to $ADDRESS"
+if ! ray job submit --address "$ADDRESS" --submission-id "$ID" --no-wait --log-style record \
+    --runtime-env-json "$RUNTIME_ENV_JSON" --metadata-json "$METADATA" \
+    -- python -m batch run "$JOB_REL" --date "$DATE" ${EXTRA[@]+"${EXTRA[@]}"}; then
+  # Another scheduler may have submitted the same id a moment earlier: then follow that run.
+  state="$(ask status "$ID")" || die 3 "cannot reach the cluster at $ADDRESS"
+  [[ "$state" != NOT_FOUND ]] || die 3 "the cluster did not accept $ID"
+  echo "$PROG: $ID was submitted by someone else a moment ago ($state); following it"
+fi
+follow "$ID"
