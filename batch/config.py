@@ -58,12 +58,22 @@ class StorageConfig(Strict):
     retries: int = Field(default=5, ge=0, description="attempts on a transient object-store error")
 
 
+class CacheConfig(Strict):
+    """The result cache: answers kept next to the output, so an unchanged text is inferred
+    once across nights (see batch/cache.py)."""
+
+    enabled: bool = True
+    uri: str | None = Field(default=None, description="default: beside the output, before its {date} part")
+
+
 class EngineConfig(Strict):
     """How each inference replica is sized. Unset fields take per-device defaults
     (see `batch.infer.engine.resolve_engine_settings`)."""
 
     replicas: int = Field(default=1, ge=1, description="actors, each holding one engine per model")
-    batch_size: int = Field(default=256, ge=1, description="rows handed to an actor at once")
+    batch_size: int | None = Field(
+        default=None, ge=1, description="rows handed to an actor at once; default 256 on CPU, 1024 on GPU"
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     tensor_parallel_size: int = Field(default=1, ge=1)
     accelerator_type: str | None = Field(default=None, description="Ray accelerator type, e.g. L4, A10G, H100")
@@ -73,6 +83,7 @@ class EngineConfig(Strict):
     max_num_seqs: int | None = Field(default=None, gt=0)
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
     enforce_eager: bool | None = None
+    kv_cache_gib: float | None = Field(default=None, gt=0, description="KV cache size; default: vLLM's (GPU), 1 GiB (CPU)")
     enable_prefix_caching: bool = True
     seed: int = 0
 
@@ -93,6 +104,7 @@ class JobConfig(Strict):
     output: OutputConfig
     storage: StorageConfig = StorageConfig()
     engine: EngineConfig = EngineConfig()
+    cache: CacheConfig = CacheConfig()
     tasks: TasksConfig  # type: ignore[valid-type]
     max_row_error_rate: float = Field(
         default=0.05, ge=0, le=1, description="above this share of failed rows the run fails instead of publishing"
@@ -138,8 +150,18 @@ def validate_job(raw: dict[str, Any], *, source: str = "job", run_date: dt.date 
         job = JobConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(f"{source}: invalid job file:\n" + format_validation_error(exc)) from None
+    from batch.cache import default_cache_uri
+
+    cache_uri = job.cache.uri or default_cache_uri(job.output.uri)
+    if "{" in cache_uri:
+        raise ConfigError(f"{source}: cache.uri: no placeholders here; the cache is shared by every run date")
     uri = fill_date(job.output.uri, run_date or dt.datetime.now(dt.timezone.utc).date(), source)
-    return job.model_copy(update={"output": job.output.model_copy(update={"uri": uri})})
+    return job.model_copy(
+        update={
+            "output": job.output.model_copy(update={"uri": uri}),
+            "cache": job.cache.model_copy(update={"uri": cache_uri}),
+        }
+    )
 
 
 def fill_date(uri: str, run_date: dt.date, source: str) -> str:

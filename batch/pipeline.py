@@ -22,8 +22,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from batch.config import JobConfig
-from batch.infer.engine import EngineSpec, resolve_engine_settings
+from batch.config import ConfigError, JobConfig
+from batch.infer import models
+from batch.infer.engine import EngineSpec, batch_size_for, resolve_engine_settings
 from batch.infer.stage import InferenceStage, StageSpec
 from batch.io.read import BadInput, InputFile, make_reader, plan_inputs, read_slices
 from batch.io.storage import Location
@@ -47,7 +48,6 @@ class EngineGroup:
 
     spec: EngineSpec
     tasks: list[tuple[str, Any]] = field(default_factory=list)
-    provenance: dict[str, str] = field(default_factory=dict)
 
 
 def engine_groups(job: JobConfig, device: str) -> list[EngineGroup]:
@@ -56,13 +56,16 @@ def engine_groups(job: JobConfig, device: str) -> list[EngineGroup]:
     settings = resolve_engine_settings(job.engine, device)
     groups: dict[tuple[str, str], EngineGroup] = {}
     for name, config in job.enabled_tasks().items():
-        runner = TASKS[name](config).engine_runner()
+        task = TASKS[name](config)
+        runner = task.engine_runner()
         key = (config.model, runner)
         if key not in groups:
             spec = EngineSpec(
                 model=config.model,
                 runner=runner,
                 device=device,
+                storage=job.storage,
+                trust_remote_code=config.trust_remote_code,
                 tensor_parallel_size=job.engine.tensor_parallel_size,
                 max_num_seqs=job.engine.max_num_seqs,
                 enable_prefix_caching=job.engine.enable_prefix_caching,
@@ -71,11 +74,31 @@ def engine_groups(job: JobConfig, device: str) -> list[EngineGroup]:
             )
             groups[key] = EngineGroup(spec)
         group = groups[key]
-        if config.adapter:
-            group.spec = dataclasses.replace(group.spec, adapters=(*group.spec.adapters, (name, config.adapter)))
+        if config.trust_remote_code != group.spec.trust_remote_code:
+            raise ConfigError(f"tasks.{name}.trust_remote_code: tasks sharing model {config.model} must agree on it")
+        if adapters := task.adapters():
+            group.spec = dataclasses.replace(group.spec, adapters=(*group.spec.adapters, *adapters.items()))
         group.tasks.append((name, config))
-        group.provenance[name] = config.model + (f"+lora:{config.adapter}" if config.adapter else "")
     return list(groups.values())
+
+
+def check_models(job: JobConfig) -> None:
+    """What can be checked of the models without loading them: a classifier's own labels
+    (its config.json `id2label`) must map onto the job's labels. Runs before Ray starts."""
+    problems = []
+    for name, config in job.enabled_tasks().items():
+        task = TASKS[name](config)
+        if task.engine_runner() != "classify":
+            continue
+        model_config = models.read_config(config.model, job.storage)
+        if model_config is None:  # a hub id: checked when the engine loads it
+            continue
+        id2label = model_config.get("id2label") or {}
+        if not id2label:
+            problems.append(f"tasks.{name}.model {config.model}: config.json has no id2label; is it a classifier?")
+        problems += task.check_model_labels(id2label)
+    if problems:
+        raise ConfigError("\n".join(problems))
 
 
 def connect_ray(address: str | None) -> None:
@@ -114,6 +137,7 @@ def run(
         return summary
 
     # plan
+    check_models(job)
     files, bad_inputs = plan_inputs(job.input, job.storage)
     output.discard_other_attempts()
     committed = {uri: record for uri, record in output.committed().items() if _still_valid(record, files)}
@@ -191,10 +215,10 @@ def _process(
                     engine=group.spec,
                     tasks=tuple(group.tasks),
                     text_column=job.input.text_column,
-                    provenance=tuple(group.provenance.items()),
+                    cache_uri=job.cache.uri if job.cache.enabled else None,
                 )
             },
-            batch_size=job.engine.batch_size,
+            batch_size=batch_size_for(job.engine, device),
             batch_format="pyarrow",
             concurrency=job.engine.replicas,
             **_actor_resources(job, device),
@@ -257,7 +281,11 @@ def _actor_resources(job: JobConfig, device: str) -> dict[str, Any]:
         if job.engine.num_cpus:
             resources["num_cpus"] = job.engine.num_cpus
         return resources
-    return {"num_cpus": job.engine.num_cpus or 1}
+    # On the CPU build the engine computes in vLLM's own worker process, outside Ray's
+    # accounting; the actor itself only prepares and parses. Reserving a whole core per
+    # actor starves the read and write tasks on a small machine (two models on two cores
+    # deadlock), so it reserves half a core unless the job says otherwise.
+    return {"num_cpus": job.engine.num_cpus or 0.5}
 
 
 def _still_valid(record: dict, files: list[InputFile]) -> bool:

@@ -34,6 +34,28 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def fine_tunes(models, tmp_path_factory) -> dict[str, Path]:
+    """The shapes teams ship: two LoRA adapters on the chat model, and a classifier head."""
+    from batch.demo.models import build_classifier, build_lora_adapter
+
+    root = tmp_path_factory.mktemp("fine-tunes")
+    return {
+        "lora_a": build_lora_adapter(models["chat"], root / "lora-a", seed=1),
+        "lora_b": build_lora_adapter(models["chat"], root / "lora-b", seed=2),
+        "classifier": build_classifier(root / "classifier", ["negative", "neutral", "positive"]),
+    }
+
+
+def upload_folder(fs: pafs.FileSystem, local: Path, prefix: str) -> str:
+    """Copy a model folder to S3 as a team's model store would hold it."""
+    for path in local.rglob("*"):
+        if path.is_file():
+            with fs.open_output_stream(f"{prefix}/{path.relative_to(local)}") as out:
+                out.write(path.read_bytes())
+    return f"s3://{prefix}"
+
+
+@pytest.fixture(scope="session")
 def s3(tmp_path_factory):
     """A real S3 HTTP endpoint on loopback. Credentials are dummies, set in the environment
     the way a user's would be, so the job's processes find them through the AWS chain."""

@@ -9,11 +9,13 @@ models (with constrained choice and LoRA per request), `classify` for pooling mo
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
-from batch.config import EngineConfig
-from batch.tasks.base import Classification, Classify, Completion, Failure, Generate
+from batch.config import EngineConfig, StorageConfig
+from batch.infer import models
+from batch.tasks.base import Classification, Classify, Completion, Failure, Generate, Score, Scores
 
 log = logging.getLogger(__name__)
 
@@ -22,10 +24,11 @@ log = logging.getLogger(__name__)
 class EngineSpec:
     """Everything that decides what an engine computes and how it is placed."""
 
-    model: str  # resolved local directory (or hub id where a hub is reachable)
+    model: str  # local directory, s3:// prefix or hub id; resolved on the actor's node
     runner: Literal["generate", "classify"]
     device: Literal["cpu", "cuda"]
-    adapters: tuple[tuple[str, str], ...] = ()  # (name, local directory)
+    storage: StorageConfig = StorageConfig()
+    adapters: tuple[tuple[str, str], ...] = ()  # (name, local directory or s3:// prefix)
     dtype: str = "auto"
     max_model_len: int | None = None
     tensor_parallel_size: int = 1
@@ -34,7 +37,7 @@ class EngineSpec:
     max_num_seqs: int | None = None
     enable_prefix_caching: bool = True
     seed: int = 0
-    max_lora_rank: int = 64
+    kv_cache_gib: float | None = None
     trust_remote_code: bool = False
     extra: dict = field(default_factory=dict, hash=False, compare=False)
 
@@ -46,25 +49,45 @@ def resolve_engine_settings(config: EngineConfig, device: Literal["cpu", "cuda"]
     float32 (bfloat16 dies with SIGILL on CPUs without AVX512-BF16), eager mode, 30% of RAM
     for the KV cache (vLLM's default 0.92 refuses to start next to Ray), short contexts.
     CUDA: vLLM's own defaults (bf16/fp16 by model, CUDA graphs, 90% of GPU memory), which
-    is what published vLLM throughput figures use.
+    is what published vLLM throughput figures use. One engine per GPU unless the model does
+    not fit: a 7-8B model in bf16 (~15 GB of weights) fits a 24 GB L4/A10G with room for
+    KV cache; 70B needs tensor_parallel_size 4 on 80 GB cards. The batch handed to an actor
+    (`batch_size_for`) is a multiple of vLLM's max_num_seqs (256 by default): the engine
+    drains each call's tail at falling occupancy, so requests in flight must stay well
+    above max_num_seqs for most of the call (vLLM's own offline benchmarks submit
+    thousands of prompts per call).
     """
     if device == "cpu":
-        defaults = dict(dtype="float32", enforce_eager=True, gpu_memory_utilization=0.3, max_model_len=1024)
+        # 1 GiB of KV cache is thousands of short requests' worth; vLLM's CPU default takes
+        # a share of all RAM per engine, which several engines on one node cannot afford.
+        defaults = dict(dtype="float32", enforce_eager=True, gpu_memory_utilization=0.3, max_model_len=1024, kv_cache_gib=1.0)
     else:
-        defaults = dict(dtype="auto", enforce_eager=False, gpu_memory_utilization=0.9, max_model_len=None)
-    chosen = {key: getattr(config, key) for key in defaults if getattr(config, key) is not None}
+        defaults = dict(dtype="auto", enforce_eager=False, gpu_memory_utilization=0.9, max_model_len=None, kv_cache_gib=None)
+    chosen = {key: getattr(config, key) for key in defaults if getattr(config, key, None) is not None}
     return {**defaults, **chosen}
+
+
+def batch_size_for(config: EngineConfig, device: Literal["cpu", "cuda"]) -> int:
+    if config.batch_size:
+        return config.batch_size
+    return 256 if device == "cpu" else 1024
+
+
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM accepts for max_lora_rank
 
 
 class Engine:
     """One vLLM engine. Built once per actor (weights load once), used for every batch."""
 
     def __init__(self, spec: EngineSpec):
-        from vllm import LLM
-
         self.spec = spec
+        # Resolve on this node: an s3:// model is fetched once per node into a local cache.
+        self.model_path = models.resolve(spec.model, spec.storage)
+        adapter_paths = {name: models.resolve(uri, spec.storage) for name, uri in spec.adapters}
+        self.model_fingerprint = models.fingerprint(self.model_path)
+        self.adapter_fingerprints = {name: models.fingerprint(path) for name, path in adapter_paths.items()}
         kwargs = dict(
-            model=spec.model,
+            model=self.model_path,
             runner="pooling" if spec.runner == "classify" else "generate",
             dtype=spec.dtype,
             max_model_len=spec.max_model_len,
@@ -74,22 +97,45 @@ class Engine:
             enable_prefix_caching=spec.enable_prefix_caching,
             seed=spec.seed,
             trust_remote_code=spec.trust_remote_code,
+            # Weights load from safetensors only: a pickled .bin checkpoint can run code.
+            load_format="safetensors",
             **spec.extra,
         )
+        if spec.kv_cache_gib:
+            kwargs["kv_cache_memory_bytes"] = int(spec.kv_cache_gib * 2**30)
         if spec.max_num_seqs:
             kwargs["max_num_seqs"] = spec.max_num_seqs
-        if spec.adapters:
-            kwargs.update(enable_lora=True, max_lora_rank=spec.max_lora_rank, max_loras=len(spec.adapters))
-        log.info("starting vLLM engine for %s (%s on %s)", spec.model, spec.runner, spec.device)
-        self.llm = LLM(**kwargs)
-        self.tokenizer = self.llm.get_tokenizer()
-        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
-        self._lora = self._lora_requests(spec.adapters)
+        if adapter_paths:
+            rank = max(models.lora_rank(path) for path in adapter_paths.values())
+            kwargs.update(
+                enable_lora=True,
+                max_lora_rank=next(r for r in LORA_RANKS if r >= rank),
+                max_loras=len(adapter_paths),  # all adapters resident: one pass serves them all
+            )
+        self._kwargs = kwargs
+        self._lora = self._lora_requests(tuple(adapter_paths.items()))
         self.labels = self._classifier_labels() if spec.runner == "classify" else ()
+
+    # The engine starts on first use, not with the actor: a batch whose answers all come
+    # from the result cache (a warm nightly rerun) never pays the engine's start-up.
+    @cached_property
+    def llm(self):
+        from vllm import LLM
+
+        log.info("starting vLLM engine for %s (%s on %s)", self.spec.model, self.spec.runner, self.spec.device)
+        return LLM(**self._kwargs)
+
+    @cached_property
+    def tokenizer(self):
+        return self.llm.get_tokenizer()
+
+    @cached_property
+    def max_model_len(self) -> int:
+        return self.llm.llm_engine.model_config.max_model_len
 
     # --- generation -----------------------------------------------------------------
 
-    def render(self, request: Generate) -> str:
+    def render(self, request: Generate | Score) -> str:
         messages = [{"role": role, "content": content} for role, content in request.messages]
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
@@ -97,13 +143,15 @@ class Engine:
         """Answer in input order. A request that cannot run (prompt longer than the model
         allows, unknown adapter) gets a Failure; the others still run."""
         from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
         from vllm.sampling_params import StructuredOutputsParams
 
         results: list[Completion | Failure | None] = [None] * len(requests)
         prompts, params, loras, slots = [], [], [], []
         for i, request in enumerate(requests):
-            prompt = self.render(request)
-            prompt_tokens = len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            # Tokenize once here (to check the length) and hand vLLM the ids, not the text.
+            prompt_ids = self.tokenizer(self.render(request), add_special_tokens=False)["input_ids"]
+            prompt_tokens = len(prompt_ids)
             room = self.max_model_len - prompt_tokens
             if room < 1:
                 results[i] = Failure(f"prompt of {prompt_tokens} tokens does not fit max_model_len {self.max_model_len}")
@@ -120,7 +168,7 @@ class Engine:
                     structured_outputs=structured,
                 )
             )
-            prompts.append(prompt)
+            prompts.append(TokensPrompt(prompt_token_ids=prompt_ids))
             loras.append(self._lora.get(request.adapter) if request.adapter else None)
             slots.append(i)
         if prompts:
@@ -133,6 +181,45 @@ class Engine:
                     prompt_tokens=len(output.prompt_token_ids or ()),
                     output_tokens=len(completion.token_ids),
                 )
+        return results  # type: ignore[return-value]
+
+    # --- scoring ----------------------------------------------------------------------
+
+    def score(self, requests: list[Score]) -> list[Scores | Failure]:
+        """Log-probability of each continuation (followed by end-of-sequence, so it is the
+        whole answer) after the rendered prompt: one prefill per continuation, no decoding."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
+        results: list[Scores | Failure | None] = [None] * len(requests)
+        prompts, loras, spans = [], [], []
+        for i, request in enumerate(requests):
+            if request.adapter is not None and request.adapter not in self._lora:
+                results[i] = Failure(f"unknown adapter {request.adapter!r}")
+                continue
+            prompt_ids = self.tokenizer(self.render(request), add_special_tokens=False)["input_ids"]
+            continuations = [self.tokenizer(c, add_special_tokens=False)["input_ids"] + eos for c in request.continuations]
+            longest = len(prompt_ids) + max(len(c) for c in continuations)
+            if longest >= self.max_model_len:
+                results[i] = Failure(f"prompt of {len(prompt_ids)} tokens does not fit max_model_len {self.max_model_len}")
+                continue
+            for continuation in continuations:
+                prompts.append(TokensPrompt(prompt_token_ids=prompt_ids + continuation))
+                loras.append(self._lora.get(request.adapter) if request.adapter else None)
+                spans.append((i, len(continuation), len(prompt_ids)))
+        if prompts:
+            params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+            outputs = self.llm.generate(prompts, params, lora_request=loras if self._lora else None, use_tqdm=False)
+            scored: dict[int, list[float]] = {}
+            lengths: dict[int, int] = {}
+            for (i, n, prompt_len), output in zip(spans, outputs):
+                ids = output.prompt_token_ids[-n:]
+                steps = output.prompt_logprobs[-n:]
+                scored.setdefault(i, []).append(sum(step[token].logprob for step, token in zip(steps, ids)))
+                lengths[i] = prompt_len
+            for i, logprobs in scored.items():
+                results[i] = Scores(logprobs=tuple(logprobs), prompt_tokens=lengths[i])
         return results  # type: ignore[return-value]
 
     # --- classification -------------------------------------------------------------
@@ -170,5 +257,6 @@ class Engine:
         return {name: LoRARequest(name, i + 1, path) for i, (name, path) in enumerate(adapters)}
 
     def _classifier_labels(self) -> tuple[str, ...]:
-        id2label = self.llm.llm_engine.model_config.hf_config.id2label
-        return tuple(id2label[i] for i in sorted(id2label))
+        config = models.read_config(self.model_path, self.spec.storage)  # from disk: no engine needed
+        id2label = config["id2label"] if config else self.llm.llm_engine.model_config.hf_config.id2label
+        return tuple(id2label[key] for key in sorted(id2label, key=int))

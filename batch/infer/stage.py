@@ -17,9 +17,12 @@ from typing import Any
 import pyarrow as pa
 
 from batch import schema
+from batch.cache import ResultCache
+from batch.io.storage import Location
+from batch.config import ConfigError
 from batch.infer.engine import Engine, EngineSpec
 from batch.tasks import TASKS
-from batch.tasks.base import Classify, Failure, Generate, Plan, Request, Result, RowError, Skip, Task, TaskConfig
+from batch.tasks.base import Classify, Failure, Generate, Plan, Request, Result, RowError, Score, Skip, Task, TaskConfig
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +36,7 @@ class StageSpec:
     engine: EngineSpec
     tasks: tuple[tuple[str, TaskConfig], ...]
     text_column: str
-    provenance: tuple[tuple[str, str], ...]  # task name -> model (and adapter) description
+    cache_uri: str | None = None  # the result cache (batch/cache.py); None: off
 
 
 class InferenceStage:
@@ -43,8 +46,13 @@ class InferenceStage:
         started = time.monotonic()
         self.spec = spec
         self.tasks: list[Task] = [TASKS[name](config) for name, config in spec.tasks]
-        self.provenance = dict(spec.provenance)
         self.engine = Engine(spec.engine)
+        if self.engine.labels:  # a classifier: its labels must map onto each task's (hub models land here)
+            for task in self.tasks:
+                if problems := task.check_model_labels(dict(enumerate(self.engine.labels))):
+                    raise ConfigError("; ".join(problems))
+        self.provenance = {task.name: self._provenance(task) for task in self.tasks}
+        self.cache = self._open_cache()
         # Answers of recent requests: a text repeated across batches (reposts, boilerplate)
         # is inferred once per actor, not once per batch.
         self.recent: OrderedDict[Request, Result] = OrderedDict()
@@ -66,10 +74,10 @@ class InferenceStage:
                 if isinstance(plan, Plan):
                     for request in plan.requests:
                         unique.setdefault(request, None)
-        fresh = self._infer(unique)
+        fresh, cached = self._infer(unique)
 
         # parse: join answers back onto rows, in row order
-        usage = _usage_per_row(plans, unique, fresh, n_rows)
+        usage = _usage_per_row(plans, unique, fresh, cached, n_rows)
         errors: list[list[str]] = [[] for _ in range(n_rows)]
         skips: list[list[str]] = [[] for _ in range(n_rows)]
         for task in self.tasks:
@@ -94,16 +102,25 @@ class InferenceStage:
             model = self.provenance[task.name]
             batch = schema.set_column(batch, pa.field(task.model_column(), pa.string()), [model] * n_rows)
         batch = schema.add_usage(batch, usage)
+        if self.cache is not None:
+            self.cache.flush()  # new answers are safe in storage before the batch is done
         return schema.merge_outcomes(batch, errors, skips)
 
-    def _infer(self, unique: dict[Request, Result | None]) -> set[Request]:
-        """Fill in every answer; returns the requests that really went to the engine."""
+    def _infer(self, unique: dict[Request, Result | None]) -> tuple[set[Request], set[Request]]:
+        """Fill in every answer; returns the requests that went to the engine and those
+        answered by the result cache."""
+        cached: set[Request] = set()
         for request in unique:
             if (known := self.recent.get(request)) is not None:
                 unique[request] = known
                 self.recent.move_to_end(request)
+            elif self.cache is not None and (stored := self.cache.get(request)) is not None:
+                unique[request] = stored
+                self.recent[request] = stored
+                cached.add(request)
         fresh: set[Request] = set()
-        for kind, run in ((Generate, self.engine.generate), (Classify, self.engine.classify)):
+        kinds = ((Generate, self.engine.generate), (Classify, self.engine.classify), (Score, self.engine.score))
+        for kind, run in kinds:
             requests = [r for r, result in unique.items() if result is None and isinstance(r, kind)]
             if not requests:
                 continue
@@ -112,9 +129,32 @@ class InferenceStage:
                 fresh.add(request)
                 if not isinstance(result, Failure):
                     self.recent[request] = result
+                    if self.cache is not None:
+                        self.cache.add(request, result)
         while len(self.recent) > RECENT_ANSWERS:
             self.recent.popitem(last=False)
-        return fresh
+        return fresh, cached
+
+    def _open_cache(self) -> ResultCache | None:
+        if not self.spec.cache_uri:
+            return None
+        engine = self.spec.engine
+        identity = {
+            "model": engine.model, "fingerprint": self.engine.model_fingerprint, "runner": engine.runner,
+            "dtype": engine.dtype, "seed": engine.seed,
+            "prompt_versions": sorted((task.name, task.config.prompt_version) for task in self.tasks),
+        }  # fmt: skip
+        cache = ResultCache(Location(self.spec.cache_uri, engine.storage), identity, self.engine.adapter_fingerprints)
+        log.info("result cache %s: %d answers", cache.folder.uri, cache.load())
+        return cache
+
+    def _provenance(self, task: Task) -> str:
+        """`model@fingerprint`, plus `+lora:name=uri@fingerprint` for each adapter the task
+        uses: exactly which weights produced the row."""
+        text = f"{self.spec.engine.model}@{self.engine.model_fingerprint}"
+        for name, uri in task.adapters().items():
+            text += f" +lora:{name}={uri}@{self.engine.adapter_fingerprints[name]}"
+        return text
 
     def _run_isolating_failures(self, run, requests: list[Request]) -> list[Result]:
         """One engine call for the batch; if it raises, find the request that did it by
@@ -137,7 +177,9 @@ class InferenceStage:
         return results
 
 
-def _usage_per_row(plans: dict[str, list], answers: dict, fresh: set[Request], n_rows: int) -> dict[str, list[int]]:
+def _usage_per_row(
+    plans: dict[str, list], answers: dict, fresh: set[Request], cached: set[Request], n_rows: int
+) -> dict[str, list[int]]:
     """Engine requests and tokens per row. A request shared by several rows is charged to
     the first of them, so the columns add up to what the engine really did."""
     usage = {name: [0] * n_rows for name in schema.USAGE_COLUMNS}
@@ -147,7 +189,10 @@ def _usage_per_row(plans: dict[str, list], answers: dict, fresh: set[Request], n
             if not isinstance(plan, Plan):
                 continue
             for request in plan.requests:
-                if request in fresh and request not in charged:
+                if request in cached and request not in charged:
+                    charged.add(request)
+                    usage[schema.CACHE_HITS][row] += 1
+                if request in fresh and request not in charged and not isinstance(answers[request], Failure):
                     charged.add(request)
                     usage[schema.REQUESTS][row] += 1
                     answer = answers[request]

@@ -25,6 +25,7 @@ class TaskConfig(BaseModel):
     model: str = Field(description="local directory, s3:// prefix, or hub id of the (base) model")
     adapter: str | None = Field(default=None, description="LoRA adapter directory (local or s3://) on top of model")
     prompt_version: str = Field(default="1", description="bump when editing the prompt; part of the result cache key")
+    trust_remote_code: bool = Field(default=False, description="run the model repository's own Python code")
 
 
 # --- requests and results: the only vocabulary shared by tasks and the engine ---------
@@ -48,7 +49,17 @@ class Classify:
     text: str
 
 
-Request = Generate | Classify
+@dataclass(frozen=True)
+class Score:
+    """How likely each continuation is as the whole answer to a chat prompt: exact
+    per-label log-probabilities for a generative classifier."""
+
+    messages: tuple[tuple[str, str], ...]
+    continuations: tuple[str, ...]
+    adapter: str | None = None
+
+
+Request = Generate | Classify | Score
 
 
 @dataclass(frozen=True)
@@ -67,13 +78,19 @@ class Classification:
 
 
 @dataclass(frozen=True)
+class Scores:
+    logprobs: tuple[float, ...]  # aligned with the request's continuations
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
 class Failure:
     """A request the engine could not answer (e.g. the prompt is longer than the model allows)."""
 
     reason: str
 
 
-Result = Completion | Classification | Failure
+Result = Completion | Classification | Scores | Failure
 
 
 @dataclass
@@ -117,6 +134,19 @@ class Task:
         raise NotImplementedError
 
     # --- shared helpers -------------------------------------------------------------
+
+    def adapters(self) -> dict[str, str]:
+        """LoRA adapters this task needs from its engine: engine-wide name -> URI."""
+        return {self.name: self.config.adapter} if self.config.adapter else {}
+
+    @property
+    def adapter_name(self) -> str | None:
+        """The adapter name to put on this task's requests (None: the base model)."""
+        return self.name if self.config.adapter else None
+
+    def check_model_labels(self, id2label: dict[str, str]) -> list[str]:
+        """Problems with a classifier's own labels for this task (classify runner only)."""
+        return []
 
     def engine_runner(self) -> Literal["generate", "classify"]:
         return self.runner

@@ -1,19 +1,26 @@
 """Sentiment tagging: one label per row from a fixed label set.
 
 Two ways to get it, chosen by `mode`:
-- generate: a chat model answers under constrained decoding (vLLM structured outputs,
-  `choice` = the labels), so the answer is always exactly one valid label, whatever the
-  text says, prompt injections included.
+- generate: a chat model chooses among the labels only, so the answer is always exactly one
+  valid label, whatever the text says (prompt injections included). With `probabilities`
+  on (the default) every label is scored as the whole answer (one prefill each, no
+  decoding) and the most likely one wins: exact per-label probabilities. With it off, vLLM's
+  structured outputs (`choice` = the labels) decode the label: cheaper, no probabilities.
 - classify: a sequence-classification model (vLLM pooling runner) gives one probability
   per label of its own `id2label`, mapped onto the job's labels by `label_map`.
+
+A `min_confidence` sends rows whose best probability is lower to `low_confidence_label`,
+keeping the raw probabilities in `sentiment_probs`.
 """
 
 from __future__ import annotations
 
+import math
+
 from typing import Any, Literal
 
 import pyarrow as pa
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from batch.tasks.base import (
     Classification,
@@ -24,6 +31,8 @@ from batch.tasks.base import (
     Plan,
     Result,
     RowError,
+    Score,
+    Scores,
     Skip,
     Task,
     TaskConfig,
@@ -43,6 +52,19 @@ class SentimentConfig(TaskConfig):
     label_map: dict[str, str] = Field(
         default_factory=dict, description="classifier label -> job label, where the names differ"
     )
+    probabilities: bool = Field(default=True, description="generate mode: score every label (probabilities)")
+    min_confidence: float | None = Field(default=None, gt=0, lt=1)
+    low_confidence_label: str | None = None
+
+    @model_validator(mode="after")
+    def _label_references(self) -> "SentimentConfig":
+        if unknown := sorted(set(self.label_map.values()) - set(self.labels)):
+            raise ValueError(f"label_map maps onto {unknown}, which are not in labels {self.labels}")
+        if (self.min_confidence is None) != (self.low_confidence_label is None):
+            raise ValueError("set min_confidence and low_confidence_label together")
+        if self.low_confidence_label is not None and self.low_confidence_label not in self.labels:
+            raise ValueError(f"low_confidence_label {self.low_confidence_label!r} is not in labels {self.labels}")
+        return self
 
     @field_validator("labels")
     @classmethod
@@ -65,31 +87,51 @@ class SentimentTask(Task):
         return [
             pa.field("sentiment", pa.string()),
             pa.field("sentiment_probs", pa.map_(pa.string(), pa.float64())),
+            pa.field("sentiment_confidence", pa.float64()),
+        ]
+
+    def check_model_labels(self, id2label: dict[str, str]) -> list[str]:
+        unmapped = [label for label in id2label.values() if self.config.label_map.get(label, label) not in self.config.labels]
+        if not unmapped:
+            return []
+        return [
+            f"tasks.sentiment: the classifier's labels {sorted(unmapped)} are not among labels {self.config.labels}; "
+            f"map them with tasks.sentiment.label_map (e.g. {{{unmapped[0]}: {self.config.labels[0]}}})"
         ]
 
     def prepare(self, text: str) -> Plan | Skip:
         if not text.strip():
             return Skip("empty text")
         if self.config.mode == "classify":
-            return Plan([Classify(text)])
-        labels = self.config.labels
-        system = INSTRUCTION.format(labels=", ".join(labels))
-        user = f"<post>\n{text}\n</post>"
-        return Plan([Generate(messages=(("system", system), ("user", user)), max_tokens=8, choices=tuple(labels))])
+            return Plan([Classify(text)])  # a pooling model takes no adapter here
+        labels = tuple(self.config.labels)
+        messages = (("system", INSTRUCTION.format(labels=", ".join(labels))), ("user", f"<post>\n{text}\n</post>"))
+        if self.config.probabilities:
+            return Plan([Score(messages=messages, continuations=labels, adapter=self.adapter_name)])
+        return Plan([Generate(messages=messages, max_tokens=8, choices=labels, adapter=self.adapter_name)])
 
     def parse(self, text: str, plan: Plan, results: list[Result]) -> dict[str, Any]:
         (result,) = results
         if isinstance(result, Failure):
             raise RowError(result.reason)
         if isinstance(result, Classification):
-            probs = self._job_probabilities(result)
-            label = max(probs, key=probs.get)
-            return {"sentiment": label, "sentiment_probs": probs}
+            return self._labelled(self._job_probabilities(result))
+        if isinstance(result, Scores):
+            top = max(result.logprobs)
+            weights = [math.exp(lp - top) for lp in result.logprobs]
+            return self._labelled({label: w / sum(weights) for label, w in zip(self.config.labels, weights)})
         assert isinstance(result, Completion)
         label = result.text.strip()
         if label not in self.config.labels:
             raise RowError(f"model answered {label!r}, not one of {self.config.labels}")
-        return {"sentiment": label, "sentiment_probs": None}
+        return {"sentiment": label, "sentiment_probs": None, "sentiment_confidence": None}
+
+    def _labelled(self, probs: dict[str, float]) -> dict[str, Any]:
+        label = max(probs, key=probs.get)
+        confidence = probs[label]
+        if self.config.min_confidence is not None and confidence < self.config.min_confidence:
+            label = self.config.low_confidence_label
+        return {"sentiment": label, "sentiment_probs": probs, "sentiment_confidence": confidence}
 
     def _job_probabilities(self, result: Classification) -> dict[str, float]:
         probs = dict.fromkeys(self.config.labels, 0.0)

@@ -136,6 +136,10 @@ class TranslationConfig(TaskConfig):
     max_source_chars_per_request: int = Field(
         default=500, ge=20, description="longer texts are split into pieces of at most this many characters"
     )
+    adapters: dict[str, str] = Field(
+        default_factory=dict,
+        description="LoRA adapter per target language (local or s3://); languages not listed use `adapter`",
+    )
     glossary: Glossary = Glossary()
     language_detection: LanguageDetection = LanguageDetection()
     guardrails: Guardrails = Guardrails()
@@ -152,6 +156,8 @@ class TranslationConfig(TaskConfig):
 
     @model_validator(mode="after")
     def _consistent(self) -> "TranslationConfig":
+        if extra := sorted(set(self.adapters) - set(self.target_languages)):
+            raise ValueError(f"adapters has {extra}, which are not in target_languages {self.target_languages}")
         if extra := sorted(set(self.glossary.fixed) - set(self.target_languages)):
             raise ValueError(f"glossary.fixed has {extra}, which are not in target_languages {self.target_languages}")
         chosen = self.language_detection.languages
@@ -245,7 +251,16 @@ class TranslationTask(Task):
     def _request(self, lang: str, piece: str) -> Generate:
         budget = min(self.config.max_output_tokens, 16 + int(len(piece) * self.config.output_tokens_per_char))
         system = INSTRUCTION.format(language=LANGUAGE_NAMES.get(lang, lang))
-        return Generate(messages=(("system", system), ("user", piece)), max_tokens=budget)
+        return Generate(messages=(("system", system), ("user", piece)), max_tokens=budget, adapter=self._adapter_for(lang))
+
+    def adapters(self) -> dict[str, str]:
+        """One engine serves every target's adapter side by side (vLLM multi-LoRA)."""
+        named = super().adapters()
+        named.update({f"{self.name}-{lang}": uri for lang, uri in self.config.adapters.items()})
+        return named
+
+    def _adapter_for(self, lang: str) -> str | None:
+        return f"{self.name}-{lang}" if lang in self.config.adapters else self.adapter_name
 
     # --- parse ------------------------------------------------------------------------
 
