@@ -23,7 +23,8 @@ SOURCE_FILE = "__source_file"  # internal: which input file a row came from; dro
 TEXT_ERROR = "__text_error"  # internal: why a row's text cannot be used (set by the reader); dropped before writing
 # internal per-row usage, summed into the run summary and dropped before writing
 REQUESTS, INPUT_TOKENS, OUTPUT_TOKENS = "__requests", "__input_tokens", "__output_tokens"
-USAGE_COLUMNS = (REQUESTS, INPUT_TOKENS, OUTPUT_TOKENS)
+CACHE_HITS = "__cache_hits"
+USAGE_COLUMNS = (REQUESTS, INPUT_TOKENS, OUTPUT_TOKENS, CACHE_HITS)
 
 
 def normalize_text(table: pa.Table, column: str) -> pa.Table:

@@ -26,6 +26,7 @@ class RunSummary:
     skipped: dict[str, int] = field(default_factory=dict)
     engines: list[dict[str, Any]] = field(default_factory=list)
     requests_inferred: int = 0  # distinct requests sent to an engine (duplicates and skips excluded)
+    cache_hits: int = 0  # distinct requests answered by the result cache
     input_tokens: int = 0
     output_tokens: int = 0
     seconds_to_first_row: float | None = None  # start-up: planning, Ray, engine start, first batch
@@ -46,6 +47,7 @@ class RunSummary:
         self.rows_failed = counts.get("failed", 0)
         self.rows_annotated = self.rows_out - self.rows_failed
         self.requests_inferred = counts.get("requests", 0)
+        self.cache_hits = counts.get("cache_hits", 0)
         self.input_tokens = counts.get("input_tokens", 0)
         self.output_tokens = counts.get("output_tokens", 0)
         self.skipped = {key.removeprefix("skipped: "): n for key, n in sorted(counts.items()) if key.startswith("skipped: ")}
@@ -71,7 +73,8 @@ class RunSummary:
         for bad in self.unreadable_inputs:
             lines.append(f"  unreadable input {bad['uri']}: {bad['reason']}")
         lines.append(
-            f"  engine: {self.requests_inferred} requests, {self.input_tokens} input tokens, {self.output_tokens} output tokens"
+            f"  engine: {self.requests_inferred} requests ({self.cache_hits} more answered by the result cache), "
+            f"{self.input_tokens} input tokens, {self.output_tokens} output tokens"
         )
         lines.append(f"  wall time: {self.wall_seconds:.1f}s, {self.rows_per_second:.1f} rows/s")
         return lines

@@ -21,20 +21,20 @@ def corpus_rows() -> list[dict]:
     return rows
 
 
-def job_definition(input_uri: str, output_uri: str, model: str) -> dict:
+def job_definition(input_uri: str, output_uri: str, model: str, probabilities: bool = True) -> dict:
     return {
         "name": "e2e",
         "input": {"uris": [input_uri], "id_column": "post_id", "text_column": "text"},
         "output": {"uri": output_uri},
         "engine": {"batch_size": 64, "max_model_len": 1024},
         "tasks": {
-            "sentiment": {"model": model, "labels": LABELS},
+            "sentiment": {"model": model, "labels": LABELS, "probabilities": probabilities},
             "translation": {"model": model, "target_languages": ["fr"], "max_output_tokens": 12},
         },
     }
 
 
-def check_output(table: pa.Table, rows: list[dict], model: str) -> None:
+def check_output(table: pa.Table, rows: list[dict], model: str, probabilities: bool = True) -> None:
     by_id = {row["post_id"]: row for row in rows}
     ids = table.column("post_id").to_pylist()
     assert len(ids) == len(rows), "output rows = input rows"
@@ -57,10 +57,16 @@ def check_output(table: pa.Table, rows: list[dict], model: str) -> None:
         original = by_id[out["post_id"]]
         for column, value in original.items():
             assert out[column] == value, f"{out['post_id']}.{column} changed"
-        assert out["sentiment_model"] == model and out["translation_model"] == model
+        assert out["sentiment_model"].startswith(model + "@") and out["translation_model"].startswith(model + "@")
         assert out["error"] is None, out
         if original["text"].strip():
             assert out["sentiment"] in LABELS
+            if probabilities:  # every label scored: probabilities that agree with the label
+                probs = dict(out["sentiment_probs"])
+                assert set(probs) == set(LABELS) and abs(sum(probs.values()) - 1) < 1e-6
+                assert out["sentiment"] == max(probs, key=probs.get)
+            else:  # structured-output choice decoding: a label, no probabilities
+                assert out["sentiment_probs"] is None
             assert out["translation_fr"], f"{out['post_id']}: empty translation"
             assert out["skip_reason"] is None
         else:
@@ -108,8 +114,23 @@ def test_job_on_local_files(models, tmp_path):
     rows = corpus_rows()
     write_corpus(None, str(tmp_path / "in"), rows, files=2)
     model = str(models["chat"])
-    job = write_job(tmp_path / "job.yaml", job_definition(str(tmp_path / "in"), str(tmp_path / "out"), model))
+    definition = job_definition(str(tmp_path / "in"), str(tmp_path / "out"), model, probabilities=False)
+    job = write_job(tmp_path / "job.yaml", definition)
     assert "OK" in cli_ok(run_cli("validate", str(job)))
     out = cli_ok(run_cli("run", str(job)))
     assert "SUCCEEDED: published" in out
-    check_output(pq.read_table(tmp_path / "out"), rows, model)
+    cold = pq.read_table(tmp_path / "out")
+    check_output(cold, rows, model, probabilities=False)
+    cold_summary = json.loads((tmp_path / "out" / "_summary.json").read_text())
+    assert cold_summary["requests_inferred"] > 0
+
+    # Warm rerun: every answer comes from the result cache kept beside the output, and
+    # the output equals the cold run's.
+    assert (tmp_path / "out" / "_cache").is_dir()
+    cli_ok(run_cli("run", str(job), "--overwrite"))
+    warm = pq.read_table(tmp_path / "out")
+    warm_summary = json.loads((tmp_path / "out" / "_summary.json").read_text())
+    assert warm_summary["requests_inferred"] == 0
+    assert warm_summary["cache_hits"] == cold_summary["requests_inferred"]
+    key = lambda table: sorted(table.drop_columns(["run_id"]).to_pylist(), key=lambda r: r["post_id"])  # noqa: E731
+    assert key(warm) == key(cold)

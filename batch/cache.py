@@ -1,0 +1,90 @@
+"""The result cache: answers the engine already gave, kept in object storage next to the
+output, so the next night's run over a mostly unchanged corpus infers only what is new.
+
+Key of an answer: the engine's identity (model URI and content fingerprint, runner, dtype,
+seed, the prompt versions of the tasks it serves) + the adapter's fingerprint + the request
+itself (rendered messages or text, token budget, label choices). Decoding is greedy
+(temperature 0), so an answer is a pure function of its key and a warm run's output equals
+a cold run's. Failures are never cached.
+
+Layout: `<cache uri>/<engine identity>/<uuid>.parquet`, columns `key` (sha256, binary)
+and `result` (JSON). An actor loads its engine's folder once at start (only that folder:
+a model change starts a new one) and writes one part per batch of new answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import asdict
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from batch.io.storage import Location, retrying
+from batch.tasks.base import Classification, Completion, Failure, Request, Result, Scores
+
+_RESULT_TYPES = {cls.__name__: cls for cls in (Completion, Classification, Scores)}
+_SCHEMA = pa.schema([("key", pa.binary(32)), ("result", pa.string())])
+
+
+class ResultCache:
+    def __init__(self, root: Location, identity: dict[str, Any], adapter_fingerprints: dict[str, str]):
+        self.identity = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
+        self.folder = root.join(self.identity)
+        self.adapter_fingerprints = adapter_fingerprints
+        self.known: dict[bytes, str] = {}
+        self.pending: dict[bytes, str] = {}
+
+    def load(self) -> int:
+        for info in self.folder.list_files():
+            if not info.path.endswith(".parquet"):
+                continue
+            part = Location(self.folder.uri_of(info.path), self.folder.storage)
+            table = retrying(lambda: pq.read_table(part.path, filesystem=part.fs), part.storage, part.uri)
+            self.known.update(zip(table.column("key").to_pylist(), table.column("result").to_pylist()))
+        return len(self.known)
+
+    def key(self, request: Request) -> bytes:
+        adapter = getattr(request, "adapter", None)
+        text = repr((request, self.adapter_fingerprints.get(adapter) if adapter else None))
+        return hashlib.sha256(text.encode()).digest()
+
+    def get(self, request: Request) -> Result | None:
+        stored = self.known.get(self.key(request))
+        if stored is None:
+            return None
+        record = json.loads(stored)
+        cls = _RESULT_TYPES[record.pop("type")]
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in record.items()})
+
+    def add(self, request: Request, result: Result) -> None:
+        if isinstance(result, Failure):
+            return
+        key = self.key(request)
+        if key not in self.known:
+            value = json.dumps({"type": type(result).__name__, **asdict(result)}, ensure_ascii=False)
+            self.known[key] = self.pending[key] = value
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        table = pa.table({"key": list(self.pending), "result": list(self.pending.values())}, schema=_SCHEMA)
+        part = self.folder.join(f"{uuid.uuid4().hex}.parquet")
+        fs = part.fs
+        if not part.is_s3:
+            fs.create_dir(self.folder.path, recursive=True)
+        retrying(lambda: pq.write_table(table, part.path, filesystem=fs), part.storage, part.uri)
+        self.pending.clear()
+
+
+def default_cache_uri(output_template: str) -> str:
+    """Next to the output, shared by every night: the part of the output URI before its
+    first `{date}` (`s3://b/sentiment/{date}/` -> `s3://b/sentiment/_cache`), or
+    `<output>/_cache` when the URI has no date."""
+    if "{date}" in output_template:
+        head = output_template.split("{date}", 1)[0].rstrip("/")
+        return f"{head}/_cache"
+    return f"{output_template.rstrip('/')}/_cache"
