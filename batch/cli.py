@@ -54,7 +54,10 @@ def run(job_file, input_uris, output_uri, overrides, run_date, overwrite, addres
 
     try:
         job = _load(job_file, input_uris, output_uri, overrides, run_date)
-        summary = run_job(job, overwrite=overwrite, ray_address=address, echo=click.echo)
+        try:
+            summary = run_job(job, overwrite=overwrite, ray_address=address, echo=click.echo)
+        finally:
+            _disconnect_ray()  # workers' late log lines must not land after our last line
     except (ConfigError, RunFailed, StorageError) as exc:
         click.echo(f"FAILED: {exc}", err=True)
         sys.exit(1)
@@ -68,6 +71,13 @@ def run(job_file, input_uris, output_uri, overrides, run_date, overwrite, addres
     # Exit 2: published, but some input files could not be read (they are in the manifest).
     click.echo(f"{'SUCCEEDED' if ok else 'PARTIAL'}: {summary.status}: {summary.output}")
     sys.exit(0 if ok else 2)
+
+
+def _disconnect_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 @main.command()

@@ -1,0 +1,229 @@
+"""Throughput benchmark: the full job against the raw engine, same prompts, same machine,
+one invocation. Prints a table; record it in BENCHMARKS.md with the command that made it.
+
+    python benchmarks/throughput.py                     # 4,000 rows x 32 output tokens
+    python benchmarks/throughput.py --rows 200 --quick  # a smoke run (tests/test_benchmark.py)
+
+Scenarios (each a fresh process, so every figure includes its own engine start):
+  raw          vLLM's LLM.generate in one process over the prompts the job would send
+  job          python -m batch run: read Parquet, infer on Ray Data, write Parquet
+  raw-dups     raw engine over a corpus where 40% of rows repeat an earlier text
+  job-dups     the job over that corpus (duplicates are inferred once)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+TARGET = "fr"
+
+
+def make_texts(rows: int, duplicate_share: float, seed: int = 0) -> list[str]:
+    """Realistic-length posts built from the sample corpus; `duplicate_share` of the rows
+    repeat an earlier row's text exactly (reposts, boilerplate)."""
+    from batch.demo.corpus import sample_posts
+
+    rng = random.Random(seed)
+    base = [post["text"] for post in sample_posts() if post["text"].strip()]
+    texts: list[str] = []
+    for i in range(rows):
+        if texts and rng.random() < duplicate_share:
+            texts.append(rng.choice(texts))
+        else:
+            # a distinct text per row; a plain-word suffix (not a #hashtag, which translation
+            # would mask into a placeholder and so make rows identical again)
+            texts.append(f"{rng.choice(base)[:200]} (report {i})")
+    return texts
+
+
+def write_corpus(texts: list[str], folder: Path, files: int = 8) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    ids = [f"r{i:07d}" for i in range(len(texts))]
+    for f in range(files):
+        table = pa.table({"id": ids[f::files], "text": texts[f::files]})
+        pq.write_table(table, folder / f"part-{f:03d}.parquet", row_group_size=4096)
+
+
+def job_file(path: Path, corpus: Path, output: Path, model: Path, tokens: int, batch_size: int) -> Path:
+    job = {
+        "name": "bench",
+        "input": {"uris": [str(corpus)], "id_column": "id", "text_column": "text"},
+        "output": {"uri": str(output)},
+        "engine": {"batch_size": batch_size, "max_model_len": 1024},
+        "tasks": {
+            "translation": {
+                "model": str(model), "target_languages": [TARGET],
+                # a fixed budget of `tokens` per row, so raw and job generate the same amount
+                "max_output_tokens": tokens, "output_tokens_per_char": 1000.0,
+            }
+        },
+    }  # fmt: skip
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+RAW_SCRIPT = """
+import json, sys, time
+t0 = time.time()
+from vllm import LLM, SamplingParams
+from batch.config import load_job
+from batch.infer.engine import resolve_engine_settings
+from batch.tasks.translation import TranslationTask
+import pyarrow.parquet as pq
+if __name__ == "__main__":
+    job = load_job(sys.argv[1])
+    texts = pq.read_table(job.input.uris[0]).column("text").to_pylist()
+    settings = resolve_engine_settings(job.engine, "cpu")
+    llm = LLM(model=job.tasks.translation.model, seed=0, **settings)
+    tokenizer = llm.get_tokenizer()
+    task = TranslationTask(job.tasks.translation)
+    prompts, params = [], []
+    for text in texts:  # exactly the requests the job would send, duplicates included
+        for request in getattr(task.prepare(text), "requests", []):
+            messages = [{"role": r, "content": c} for r, c in request.messages]
+            prompts.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+            params.append(SamplingParams(max_tokens=request.max_tokens, temperature=0.0, min_tokens=1))
+    started = time.time()
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    done = time.time()
+    print("RESULT " + json.dumps({"startup": started - t0, "steady": done - started,
+          "rows": len(texts), "output_tokens": sum(len(o.outputs[0].token_ids) for o in outs)}))
+"""
+
+
+class PeakMemory:
+    """Peak resident memory of a process and all its descendants (Ray workers, engines)."""
+
+    def __init__(self, pid: int):
+        self.root, self.peak, self._stop = psutil.Process(pid), 0, threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+
+    def _watch(self):
+        while not self._stop.is_set():
+            try:
+                procs = [self.root, *self.root.children(recursive=True)]
+                total = 0
+                for proc in procs:
+                    try:
+                        total += proc.memory_info().rss
+                    except psutil.Error:
+                        pass
+                self.peak = max(self.peak, total)
+            except psutil.Error:
+                pass
+            time.sleep(0.5)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self.thread.join()
+        return self.peak / 2**30
+
+
+def run_measured(cmd: list[str], env: dict) -> tuple[str, float, float]:
+    started = time.time()
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    memory = PeakMemory(proc.pid)
+    out, err = proc.communicate()
+    wall = time.time() - started
+    peak = memory.stop()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd} failed ({proc.returncode}):\n{out[-3000:]}\n{err[-3000:]}")
+    return out, wall, peak
+
+
+def bench_raw(job: Path, env: dict) -> dict:
+    script = Path(tempfile.mkdtemp()) / "raw.py"
+    script.write_text(RAW_SCRIPT)
+    out, wall, peak = run_measured([sys.executable, str(script), str(job)], env)
+    result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+    return {"wall": wall, "startup": result["startup"], "steady": result["steady"], "rows": result["rows"],
+            "output_tokens": result["output_tokens"], "peak_gib": peak}  # fmt: skip
+
+
+def bench_job(job: Path, output: Path, env: dict) -> dict:
+    out, wall, peak = run_measured([sys.executable, "-m", "batch", "run", str(job), "--overwrite"], env)
+    summary = json.loads((output / "_summary.json").read_text())
+    table = pq.read_table(output, columns=[f"translation_{TARGET}"])
+    assert summary["rows_out"] == summary["rows_in"]
+    startup = summary.get("seconds_to_first_row") or 0.0
+    return {"wall": wall, "startup": startup, "steady": wall - startup, "rows": summary["rows_out"],
+            "output_tokens": summary.get("output_tokens", 0), "peak_gib": peak,
+            "inferred_requests": summary.get("requests_inferred"), "rows_nonnull": table.column(0).null_count}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=4000)
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--duplicate-share", type=float, default=0.4)
+    parser.add_argument("--scenarios", default="raw,job,raw-dups,job-dups")
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--quick", action="store_true", help="smoke size: checks the script, not the machine")
+    args = parser.parse_args()
+
+    from batch.demo.models import build_causal_lm
+
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-"))
+    model = work / "model"
+    if not (model / "config.json").exists():
+        build_causal_lm(model)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    results: dict[str, dict] = {}
+    for scenario in args.scenarios.split(","):
+        dups = args.duplicate_share if scenario.endswith("dups") else 0.0
+        corpus = work / f"corpus-{dups}"
+        if not corpus.exists():
+            write_corpus(make_texts(args.rows, dups), corpus)
+        output = work / f"out-{scenario}"
+        job = job_file(work / f"{scenario}.yaml", corpus, output, model, args.tokens, args.batch_size)
+        if scenario.startswith("raw"):
+            # the raw engine reads one file: give it the whole corpus in one
+            whole = work / f"whole-{dups}.parquet"
+            pq.write_table(pq.read_table(corpus), whole)
+            job = job_file(work / f"{scenario}.yaml", whole, output, model, args.tokens, args.batch_size)
+            results[scenario] = bench_raw(job, env)
+        else:
+            results[scenario] = bench_job(job, output, env)
+        print(f"{scenario}: {json.dumps(results[scenario])}", file=sys.stderr)
+
+    print_table(results, args)
+    if args.json:
+        args.json.write_text(json.dumps({"args": vars(args) | {"workdir": str(work), "json": str(args.json)}, "results": results}, indent=2))
+
+
+def print_table(results: dict[str, dict], args) -> None:
+    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB; "
+          f"python {platform.python_version()}; rows={args.rows} tokens={args.tokens} batch_size={args.batch_size}")  # fmt: skip
+    header = f"{'scenario':<10} {'rows':>6} {'wall s':>8} {'start s':>8} {'steady s':>9} {'rows/s':>8} {'out tok/s':>10} {'peak GiB':>9}"
+    print(header)
+    print("-" * len(header))
+    for name, r in results.items():
+        print(f"{name:<10} {r['rows']:>6} {r['wall']:>8.1f} {r['startup']:>8.1f} {r['steady']:>9.1f} "
+              f"{r['rows'] / r['wall']:>8.1f} {r['output_tokens'] / r['wall']:>10.1f} {r['peak_gib']:>9.2f}")  # fmt: skip
+    for job, raw in (("job", "raw"), ("job-dups", "raw-dups")):
+        if job in results and raw in results:
+            ratio = (results[job]["rows"] / results[job]["wall"]) / (results[raw]["rows"] / results[raw]["wall"])
+            print(f"ratio {job}/{raw} (rows/s, start-up included): {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
