@@ -152,10 +152,10 @@ def validate_job(raw: dict[str, Any], *, source: str = "job", run_date: dt.date 
         raise ConfigError(f"{source}: invalid job file:\n" + format_validation_error(exc)) from None
     from batch.cache import default_cache_uri
 
+    uri = fill_date(job.output.uri, run_date or dt.datetime.now(dt.timezone.utc).date(), source)
     cache_uri = job.cache.uri or default_cache_uri(job.output.uri)
     if "{" in cache_uri:
         raise ConfigError(f"{source}: cache.uri: no placeholders here; the cache is shared by every run date")
-    uri = fill_date(job.output.uri, run_date or dt.datetime.now(dt.timezone.utc).date(), source)
     return job.model_copy(
         update={
             "output": job.output.model_copy(update={"uri": uri}),

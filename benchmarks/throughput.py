@@ -1,14 +1,16 @@
 """Throughput benchmark: the full job against the raw engine, same prompts, same machine,
 one invocation. Prints a table; record it in BENCHMARKS.md with the command that made it.
 
-    python benchmarks/throughput.py                     # 4,000 rows x 32 output tokens
-    python benchmarks/throughput.py --rows 200 --quick  # a smoke run (tests/test_benchmark.py)
+    python benchmarks/throughput.py                    # everything, 4,000 rows x 32 output tokens
+    python benchmarks/throughput.py --rows 60 --scenarios raw,job,warm,memory --memory-rows 200,400   # smoke
 
-Scenarios (each a fresh process, so every figure includes its own engine start):
-  raw          vLLM's LLM.generate in one process over the prompts the job would send
-  job          python -m batch run: read Parquet, infer on Ray Data, write Parquet
+Scenarios (each a fresh process, so every figure includes its own start-up):
+  raw          vLLM's LLM.generate in one process over exactly the requests the job sends
+  job          python -m batch run: read Parquet, infer on Ray Data, write Parquet (cold cache)
+  warm         the job again after 10% of the texts changed: the result cache answers the rest
   raw-dups     raw engine over a corpus where 40% of rows repeat an earlier text
   job-dups     the job over that corpus (duplicates are inferred once)
+  memory       sentiment tagging of 20k and 200k rows: peak memory of the whole process tree
 """
 
 from __future__ import annotations
@@ -160,12 +162,33 @@ def bench_raw(job: Path, env: dict) -> dict:
 def bench_job(job: Path, output: Path, env: dict) -> dict:
     out, wall, peak = run_measured([sys.executable, "-m", "batch", "run", str(job), "--overwrite"], env)
     summary = json.loads((output / "_summary.json").read_text())
-    table = pq.read_table(output, columns=[f"translation_{TARGET}"])
-    assert summary["rows_out"] == summary["rows_in"]
+    assert summary["rows_out"] == summary["rows_in"] and summary["rows_failed"] == 0, summary
     startup = summary.get("seconds_to_first_row") or 0.0
     return {"wall": wall, "startup": startup, "steady": wall - startup, "rows": summary["rows_out"],
             "output_tokens": summary.get("output_tokens", 0), "peak_gib": peak,
-            "inferred_requests": summary.get("requests_inferred"), "rows_nonnull": table.column(0).null_count}  # fmt: skip
+            "requests_inferred": summary.get("requests_inferred"), "cache_hits": summary.get("cache_hits")}  # fmt: skip
+
+
+def change_share(corpus: Path, share: float, seed: int = 1) -> None:
+    """Rewrite `share` of the rows' texts in place: the next night's mostly unchanged corpus."""
+    rng = random.Random(seed)
+    for path in sorted(corpus.glob("*.parquet")):
+        table = pq.read_table(path)
+        texts = [t if rng.random() >= share else f"{t} (edited {i})" for i, t in enumerate(table.column("text").to_pylist())]
+        pq.write_table(table.set_column(table.schema.get_field_index("text"), "text", pa.array(texts)), path)
+
+
+def sentiment_job(path: Path, corpus: Path, output: Path, model: Path) -> Path:
+    job = {
+        "name": "bench-memory",
+        "input": {"uris": [str(corpus)], "id_column": "id", "text_column": "text"},
+        "output": {"uri": str(output)},
+        "cache": {"enabled": False},
+        "engine": {"max_model_len": 1024},
+        "tasks": {"sentiment": {"model": str(model), "probabilities": False}},
+    }
+    path.write_text(yaml.safe_dump(job))
+    return path
 
 
 def main() -> None:
@@ -174,10 +197,11 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--duplicate-share", type=float, default=0.4)
-    parser.add_argument("--scenarios", default="raw,job,raw-dups,job-dups")
+    parser.add_argument("--changed-share", type=float, default=0.1)
+    parser.add_argument("--memory-rows", default="20000,200000", help="corpus sizes for the streaming-memory check")
+    parser.add_argument("--scenarios", default="raw,job,warm,raw-dups,job-dups,memory")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    parser.add_argument("--quick", action="store_true", help="smoke size: checks the script, not the machine")
     args = parser.parse_args()
 
     from batch.demo.models import build_causal_lm
@@ -188,16 +212,32 @@ def main() -> None:
         build_causal_lm(model)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     results: dict[str, dict] = {}
-    for scenario in args.scenarios.split(","):
+    scenarios = args.scenarios.split(",")
+    for scenario in scenarios:
+        if scenario == "memory":
+            for rows in (int(n) for n in args.memory_rows.split(",")):
+                corpus = work / f"memory-{rows}"
+                if not corpus.exists():
+                    write_corpus(make_texts(rows, 0.0, seed=rows), corpus, files=max(8, rows // 10_000))
+                output = work / f"out-memory-{rows}"
+                job = sentiment_job(work / f"memory-{rows}.yaml", corpus, output, model)
+                _, wall, peak = run_measured([sys.executable, "-m", "batch", "run", str(job), "--overwrite"], env)
+                results[f"memory-{rows}"] = {"wall": wall, "startup": 0.0, "steady": wall, "rows": rows,
+                                             "output_tokens": 0, "peak_gib": peak}  # fmt: skip
+                print(f"memory-{rows}: {json.dumps(results[f'memory-{rows}'])}", file=sys.stderr)
+            continue
         dups = args.duplicate_share if scenario.endswith("dups") else 0.0
         corpus = work / f"corpus-{dups}"
         if not corpus.exists():
             write_corpus(make_texts(args.rows, dups), corpus)
-        output = work / f"out-{scenario}"
-        job = job_file(work / f"{scenario}.yaml", corpus, output, model, args.tokens, args.batch_size)
-        if scenario.startswith("raw"):
-            # the raw engine reads one file: give it the whole corpus in one
-            whole = work / f"whole-{dups}.parquet"
+        name = "job" if scenario == "warm" else scenario  # warm reruns the job's own output and cache
+        output = work / f"out-{name}"
+        job = job_file(work / f"{name}.yaml", corpus, output, model, args.tokens, args.batch_size)
+        if scenario == "warm":
+            change_share(corpus, args.changed_share)
+            results[scenario] = bench_job(job, output, env)
+        elif scenario.startswith("raw"):
+            whole = work / f"whole-{dups}.parquet"  # the raw engine reads the corpus as one file
             pq.write_table(pq.read_table(corpus), whole)
             job = job_file(work / f"{scenario}.yaml", whole, output, model, args.tokens, args.batch_size)
             results[scenario] = bench_raw(job, env)
@@ -207,22 +247,32 @@ def main() -> None:
 
     print_table(results, args)
     if args.json:
-        args.json.write_text(json.dumps({"args": vars(args) | {"workdir": str(work), "json": str(args.json)}, "results": results}, indent=2))
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=2))
 
 
 def print_table(results: dict[str, dict], args) -> None:
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB; "
           f"python {platform.python_version()}; rows={args.rows} tokens={args.tokens} batch_size={args.batch_size}")  # fmt: skip
-    header = f"{'scenario':<10} {'rows':>6} {'wall s':>8} {'start s':>8} {'steady s':>9} {'rows/s':>8} {'out tok/s':>10} {'peak GiB':>9}"
+    header = (f"{'scenario':<14} {'rows':>7} {'wall s':>8} {'start s':>8} {'steady s':>9} {'rows/s':>8} "
+              f"{'out tok/s':>10} {'peak GiB':>9} {'inferred':>9}")  # fmt: skip
     print(header)
     print("-" * len(header))
     for name, r in results.items():
-        print(f"{name:<10} {r['rows']:>6} {r['wall']:>8.1f} {r['startup']:>8.1f} {r['steady']:>9.1f} "
-              f"{r['rows'] / r['wall']:>8.1f} {r['output_tokens'] / r['wall']:>10.1f} {r['peak_gib']:>9.2f}")  # fmt: skip
+        print(f"{name:<14} {r['rows']:>7} {r['wall']:>8.1f} {r['startup']:>8.1f} {r['steady']:>9.1f} "
+              f"{r['rows'] / r['wall']:>8.1f} {r['output_tokens'] / r['wall']:>10.1f} {r['peak_gib']:>9.2f} "
+              f"{r.get('requests_inferred', '-')!s:>9}")  # fmt: skip
     for job, raw in (("job", "raw"), ("job-dups", "raw-dups")):
         if job in results and raw in results:
             ratio = (results[job]["rows"] / results[job]["wall"]) / (results[raw]["rows"] / results[raw]["wall"])
             print(f"ratio {job}/{raw} (rows/s, start-up included): {ratio:.2f}")
+    if "warm" in results and "job" in results:
+        print(f"warm rerun after {args.changed_share:.0%} changed / cold run (wall): "
+              f"{results['warm']['wall'] / results['job']['wall']:.2f}")  # fmt: skip
+    sizes = sorted((int(k.split("-")[1]), v) for k, v in results.items() if k.startswith("memory-"))
+    if len(sizes) >= 2:
+        (small, a), (large, b) = sizes[0], sizes[-1]
+        print(f"peak memory {large} rows / {small} rows: {b['peak_gib'] / a['peak_gib']:.2f} "
+              f"({a['peak_gib']:.2f} -> {b['peak_gib']:.2f} GiB, process tree)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -91,3 +91,12 @@ def test_validate_missing_input_and_bad_job(tmp_path):
     assert result.returncode == 1 and "no Parquet files at" in result.stderr
     result = run_cli("validate", str(tmp_path / "missing.yaml"))
     assert result.returncode == 1 and "job file not found" in result.stderr
+
+
+def test_result_cache_lives_beside_the_output_for_every_date(tmp_path):
+    job = load(tmp_path, dict(BASE, output={"uri": "s3://b/sentiment/{date}/"}), run_date=dt.date(2026, 11, 24))
+    assert job.output.uri == "s3://b/sentiment/2026-11-24/"
+    assert job.cache.uri == "s3://b/sentiment/_cache"
+    assert load(tmp_path, dict(BASE, output={"uri": "out/x"})).cache.uri == "out/x/_cache"
+    with pytest.raises(ConfigError, match="cache.uri: no placeholders"):
+        load(tmp_path, BASE, "cache.uri=c/{date}")
