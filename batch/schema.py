@@ -24,7 +24,8 @@ TEXT_ERROR = "__text_error"  # internal: why a row's text cannot be used (set by
 # internal per-row usage, summed into the run summary and dropped before writing
 REQUESTS, INPUT_TOKENS, OUTPUT_TOKENS = "__requests", "__input_tokens", "__output_tokens"
 CACHE_HITS = "__cache_hits"
-USAGE_COLUMNS = (REQUESTS, INPUT_TOKENS, OUTPUT_TOKENS, CACHE_HITS)
+READ_MS, INFER_MS = "__read_ms", "__infer_ms"  # busy time of the stage that handled the row's block
+USAGE_COLUMNS = (REQUESTS, INPUT_TOKENS, OUTPUT_TOKENS, CACHE_HITS, READ_MS, INFER_MS)
 
 
 def normalize_text(table: pa.Table, column: str) -> pa.Table:

@@ -30,6 +30,7 @@ class RunSummary:
     input_tokens: int = 0
     output_tokens: int = 0
     seconds_to_first_row: float | None = None  # start-up: planning, Ray, engine start, first batch
+    stage_busy_seconds: dict[str, float] = field(default_factory=dict)  # summed over workers
     wall_seconds: float = 0.0
     rows_per_second: float = 0.0
 
@@ -50,6 +51,9 @@ class RunSummary:
         self.cache_hits = counts.get("cache_hits", 0)
         self.input_tokens = counts.get("input_tokens", 0)
         self.output_tokens = counts.get("output_tokens", 0)
+        self.stage_busy_seconds = {
+            stage: round(counts.get(f"{stage}_ms", 0) / 1000, 2) for stage in ("read", "infer", "write")
+        }
         self.skipped = {key.removeprefix("skipped: "): n for key, n in sorted(counts.items()) if key.startswith("skipped: ")}
         self.wall_seconds = round(time.time() - started, 2)
         self.rows_per_second = round(self.rows_out / self.wall_seconds, 2) if self.wall_seconds else 0.0
@@ -76,5 +80,7 @@ class RunSummary:
             f"  engine: {self.requests_inferred} requests ({self.cache_hits} more answered by the result cache), "
             f"{self.input_tokens} input tokens, {self.output_tokens} output tokens"
         )
+        busy = ", ".join(f"{stage} {seconds:.1f}s" for stage, seconds in self.stage_busy_seconds.items())
+        lines.append(f"  stage busy time (all workers): {busy}")
         lines.append(f"  wall time: {self.wall_seconds:.1f}s, {self.rows_per_second:.1f} rows/s")
         return lines

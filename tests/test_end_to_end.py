@@ -101,6 +101,11 @@ def test_job_from_s3_to_s3(s3, models, tmp_path):
         summary = json.loads(f.read())
     assert summary["rows_in"] == summary["rows_out"] == len(rows)
     assert summary["skipped"] == {"sentiment: empty text": 1, "translation: empty text": 1}
+    assert summary["rows_failed"] == 0 and summary["rows_annotated"] == len(rows)
+    assert summary["requests_inferred"] > 0 and summary["output_tokens"] > 0
+    assert set(summary["stage_busy_seconds"]) == {"read", "infer", "write"} and summary["stage_busy_seconds"]["infer"] > 0
+    assert summary["engines"][0]["tasks"] == ["translation", "sentiment"]  # one engine serves both
+    assert f"progress: {len(rows)}/{len(rows)} rows (100%)" in out
     assert s3.fs.get_file_info(f"{published}/_SUCCESS").type.name == "File"
     text = json.dumps(summary) + out
     assert s3.env["AWS_SECRET_ACCESS_KEY"] not in text and s3.env["AWS_ACCESS_KEY_ID"] not in text

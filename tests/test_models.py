@@ -46,7 +46,7 @@ def test_lora_adapters_really_change_outputs(models, fine_tunes):
         assert sum(x != y for x, y in zip(with_a, with_b)) >= len(TEXTS) - 1
         assert engine.adapter_fingerprints["a"] == model_store.fingerprint(str(fine_tunes["lora_a"]))
     finally:
-        del engine
+        engine.close()
 
 
 def test_classifier_and_adapters_served_from_s3(s3, models, fine_tunes, tmp_path, monkeypatch):

@@ -125,6 +125,16 @@ class Engine:
         log.info("starting vLLM engine for %s (%s on %s)", self.spec.model, self.spec.runner, self.spec.device)
         return LLM(**self._kwargs)
 
+    @property
+    def started(self) -> bool:
+        return "llm" in self.__dict__
+
+    def close(self) -> None:
+        """Stop the engine's processes now (otherwise they stop when this process exits)."""
+        if self.started:
+            self.llm.llm_engine.engine_core.shutdown()
+            del self.__dict__["llm"]
+
     @cached_property
     def tokenizer(self):
         return self.llm.get_tokenizer()

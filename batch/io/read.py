@@ -14,6 +14,7 @@ it, types widened where they combine (int32 and int64 -> int64), the text column
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -146,7 +147,11 @@ def make_reader(config: InputConfig, storage: StorageConfig):
 
     def read(slices: pa.Table) -> Iterator[pa.Table]:
         for item in slices.to_pylist():
-            yield from _read_slice(item, config, storage)
+            started = time.perf_counter()
+            for table in _read_slice(item, config, storage):
+                elapsed_ms = int((time.perf_counter() - started) * 1000)
+                yield schema.add_usage(table, {schema.READ_MS: [elapsed_ms] + [0] * (table.num_rows - 1)})
+                started = time.perf_counter()
 
     return read
 

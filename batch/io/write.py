@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import posixpath
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +50,7 @@ def make_part_writer(staging: Location, run_id: str):
     Parquet part per source file, and returns one small record per part for the driver."""
 
     def write(batch: pa.Table) -> pa.Table:
+        started = time.perf_counter()
         records = []
         sources = batch.column(schema.SOURCE_FILE)
         for source in sources.unique().to_pylist():
@@ -58,7 +60,11 @@ def make_part_writer(staging: Location, run_id: str):
             rows = schema.set_column(rows, pa.field(schema.RUN_ID, pa.string()), [run_id] * rows.num_rows)
             part = staging.join("parts", file_key(source), f"{uuid.uuid4().hex}.parquet")
             retrying(lambda: _write_parquet(rows, part), staging.storage, part.uri)
-            records.append({"source": source, "part": part.uri, "rows": rows.num_rows, "counts": json.dumps(counts)})
+            records.append({"source": source, "part": part.uri, "rows": rows.num_rows, "counts": counts})
+        if records:  # charged once per batch
+            records[0]["counts"]["write_ms"] = int((time.perf_counter() - started) * 1000)
+        for record in records:
+            record["counts"] = json.dumps(record["counts"])
         return pa.Table.from_pylist(records, schema=PART_RECORD)
 
     return write

@@ -144,6 +144,9 @@ class Task:
         """The adapter name to put on this task's requests (None: the base model)."""
         return self.name if self.config.adapter else None
 
+    def warm_up(self) -> None:
+        """Load what prepare/parse need (run in a thread while the engine starts)."""
+
     def check_model_labels(self, id2label: dict[str, str]) -> list[str]:
         """Problems with a classifier's own labels for this task (classify runner only)."""
         return []

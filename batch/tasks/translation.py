@@ -253,6 +253,10 @@ class TranslationTask(Task):
         system = INSTRUCTION.format(language=LANGUAGE_NAMES.get(lang, lang))
         return Generate(messages=(("system", system), ("user", piece)), max_tokens=budget, adapter=self._adapter_for(lang))
 
+    def warm_up(self) -> None:
+        """Lingua loads its language models on first use (seconds): do it once, up front."""
+        self._langid.detect("Warm-up: the detector loads its language models here.")
+
     def adapters(self) -> dict[str, str]:
         """One engine serves every target's adapter side by side (vLLM multi-LoRA)."""
         named = super().adapters()
