@@ -72,7 +72,7 @@ class EngineConfig(Strict):
 
     replicas: int = Field(default=1, ge=1, description="actors, each holding one engine per model")
     batch_size: int | None = Field(
-        default=None, ge=1, description="rows handed to an actor at once; default 256 on CPU, 1024 on GPU"
+        default=None, ge=1, description="rows handed to an actor per call; default 1024 (see batch_size_for)"
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     tensor_parallel_size: int = Field(default=1, ge=1)

@@ -67,7 +67,7 @@ def job_file(path: Path, corpus: Path, output: Path, model: Path, tokens: int, b
         "name": "bench",
         "input": {"uris": [str(corpus)], "id_column": "id", "text_column": "text"},
         "output": {"uri": str(output)},
-        "engine": {"batch_size": batch_size, "max_model_len": 1024},
+        "engine": {"max_model_len": 1024, **({"batch_size": batch_size} if batch_size else {})},
         "tasks": {
             "translation": {
                 "model": str(model), "target_languages": [TARGET],
@@ -92,7 +92,8 @@ if __name__ == "__main__":
     job = load_job(sys.argv[1])
     texts = pq.read_table(job.input.uris[0]).column("text").to_pylist()
     settings = resolve_engine_settings(job.engine, "cpu")
-    llm = LLM(model=job.tasks.translation.model, seed=0, **settings)
+    kv_cache_gib = settings.pop("kv_cache_gib")  # the same engine settings the job uses
+    llm = LLM(model=job.tasks.translation.model, seed=0, kv_cache_memory_bytes=int(kv_cache_gib * 2**30), **settings)
     tokenizer = llm.get_tokenizer()
     task = TranslationTask(job.tasks.translation)
     prompts, params = [], []
@@ -195,7 +196,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=4000)
     parser.add_argument("--tokens", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=None, help="engine.batch_size; default: the job's")
     parser.add_argument("--duplicate-share", type=float, default=0.4)
     parser.add_argument("--changed-share", type=float, default=0.1)
     parser.add_argument("--memory-rows", default="20000,200000", help="corpus sizes for the streaming-memory check")
