@@ -202,8 +202,7 @@ def test_eval_on_s3_output(s3, tmp_path):
 def test_eval_through_the_batch_command_line(tmp_path):
     from batch.cli import main
 
-    if "eval" not in main.commands:
-        pytest.skip("`eval` is not registered in batch/cli.py yet (main.add_command(eval_command))")
+    assert "eval" in main.commands, "python -m batch eval must be registered"
     out = tmp_path / "out"
     write_output(None, str(out))
     result = CliRunner().invoke(main, ["eval", str(out), "--task", "sentiment", "--gold", "gold_sentiment"])
