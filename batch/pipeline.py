@@ -140,7 +140,8 @@ def run(
     check_models(job)
     files, bad_inputs = plan_inputs(job.input, job.storage)
     output.discard_other_attempts()
-    committed = {uri: record for uri, record in output.committed().items() if _still_valid(record, files)}
+    files_by_uri = {file.uri: file for file in files}
+    committed = {uri: record for uri, record in output.committed().items() if _still_valid(record, files_by_uri)}
     pending = [file for file in files if file.uri not in committed]
     summary.add_plan(files, bad_inputs, committed)
     echo(
@@ -288,12 +289,10 @@ def _actor_resources(job: JobConfig, device: str) -> dict[str, Any]:
     return {"num_cpus": job.engine.num_cpus or 0.5}
 
 
-def _still_valid(record: dict, files: list[InputFile]) -> bool:
+def _still_valid(record: dict, files_by_uri: dict[str, InputFile]) -> bool:
     """A commit counts only if its input file is unchanged (same size and row count)."""
-    for file in files:
-        if file.uri == record["source"]:
-            return file.size == record["size"] and file.rows == record["rows"]
-    return False
+    file = files_by_uri.get(record["source"])
+    return file is not None and file.size == record["size"] and file.rows == record["rows"]
 
 
 def _definition(job: JobConfig) -> dict[str, Any]:

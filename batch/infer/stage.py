@@ -113,7 +113,8 @@ class InferenceStage:
             batch = schema.set_column(batch, pa.field(task.model_column(), pa.string()), [model] * n_rows)
         if self.cache is not None:
             self.cache.flush()  # new answers are safe in storage before the batch is done
-        usage[schema.INFER_MS][0] += int((time.perf_counter() - started) * 1000)
+        if n_rows:  # the batch's busy time is charged to its first row
+            usage[schema.INFER_MS][0] += int((time.perf_counter() - started) * 1000)
         batch = schema.add_usage(batch, usage)
         return schema.merge_outcomes(batch, errors, skips)
 

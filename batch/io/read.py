@@ -150,7 +150,8 @@ def make_reader(config: InputConfig, storage: StorageConfig):
             started = time.perf_counter()
             for table in _read_slice(item, config, storage):
                 elapsed_ms = int((time.perf_counter() - started) * 1000)
-                yield schema.add_usage(table, {schema.READ_MS: [elapsed_ms] + [0] * (table.num_rows - 1)})
+                charged = [elapsed_ms] + [0] * (table.num_rows - 1) if table.num_rows else []
+                yield schema.add_usage(table, {schema.READ_MS: charged})
                 started = time.perf_counter()
 
     return read
