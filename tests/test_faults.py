@@ -21,7 +21,7 @@ from conftest import REPO, cli_ok, run_cli, write_corpus, write_job
 ROWS_PER_FILE, FILES = 40, 8
 
 
-def corpus(prefix: str) -> list[dict]:
+def corpus() -> list[dict]:
     return [{"id": f"{f}-{i}", "text": f"Post {f}-{i}: the delivery was late again, support never answered."}
             for f in range(FILES) for i in range(ROWS_PER_FILE)]  # fmt: skip
 
@@ -77,11 +77,17 @@ def assert_every_id_once(table, rows: list[dict]) -> None:
     assert len(ids) == len(set(ids))
 
 
-def test_driver_killed_mid_run_then_rerun_resumes(models, tmp_path):
-    rows = corpus("in")
+def local_slow_job(models, tmp_path) -> tuple[list[dict], Path, Path]:
+    """The corpus on local disk, the output folder, the job file."""
+    rows = corpus()
     write_corpus(None, str(tmp_path / "in"), rows, files=FILES)
     output = tmp_path / "out"
     job = write_job(tmp_path / "job.yaml", slow_job(str(tmp_path / "in"), str(output), str(models["chat"])))
+    return rows, output, job
+
+
+def test_driver_killed_mid_run_then_rerun_resumes(models, tmp_path):
+    rows, output, job = local_slow_job(models, tmp_path)
 
     proc = start_cli("run", str(job), log=tmp_path / "first.log")
     wait_for(lambda: committed_local(output), 600, "a first committed input file", proc, tmp_path / "first.log")
@@ -101,10 +107,7 @@ def test_driver_killed_mid_run_then_rerun_resumes(models, tmp_path):
 
 
 def test_engine_actor_killed_mid_run_is_restarted(models, tmp_path):
-    rows = corpus("in")
-    write_corpus(None, str(tmp_path / "in"), rows, files=FILES)
-    output = tmp_path / "out"
-    job = write_job(tmp_path / "job.yaml", slow_job(str(tmp_path / "in"), str(output), str(models["chat"])))
+    rows, output, job = local_slow_job(models, tmp_path)
     proc = start_cli("run", str(job), log=tmp_path / "run.log")
     driver = psutil.Process(proc.pid)
 
@@ -130,7 +133,7 @@ def test_engine_actor_killed_mid_run_is_restarted(models, tmp_path):
 def test_object_store_outage_fails_clearly_then_resumes(s3, models, tmp_path):
     from moto.server import ThreadedMotoServer
 
-    rows = corpus("in")
+    rows = corpus()
     s3.bucket("faults-in")
     s3.bucket("faults-out")
     write_corpus(s3.fs, "faults-in/day", rows, files=FILES)
