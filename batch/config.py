@@ -71,6 +71,11 @@ class EngineConfig(Strict):
     (see `batch.infer.engine.resolve_engine_settings`)."""
 
     replicas: int = Field(default=1, ge=1, description="actors, each holding one engine per model")
+    text_workers: int | None = Field(
+        default=None, ge=1,
+        description="actors for each of the prepare and parse stages (language ID, masking, guardrails); "
+        "default: one per replica",
+    )  # fmt: skip
     batch_size: int | None = Field(
         default=None, ge=1, description="rows handed to an actor per call; default 1024 (see batch_size_for)"
     )
@@ -83,6 +88,10 @@ class EngineConfig(Strict):
     max_num_seqs: int | None = Field(default=None, gt=0)
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
     enforce_eager: bool | None = None
+    in_process: bool | None = Field(
+        default=None,
+        description="run vLLM's engine core inside the actor (no engine process); default: yes on CPU, no on GPU",
+    )
     kv_cache_gib: float | None = Field(default=None, gt=0, description="KV cache size; default: vLLM's (GPU), 1 GiB (CPU)")
     enable_prefix_caching: bool = True
     seed: int = 0

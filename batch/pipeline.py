@@ -1,10 +1,12 @@
-"""The one place that wires the flow: read -> (prepare -> infer -> parse) per engine -> write.
+"""The one place that wires the flow: read -> prepare -> infer (one stage per model) -> parse -> write.
 
     plan      driver: list input files, read their footers, skip files a previous attempt
               committed, group tasks by the model that serves them
     read      Ray tasks: stream file slices as bounded Arrow batches tagged with their file
-    infer     Ray actors, one pool per model: prepare, infer, parse (batch/infer/stage.py)
-    write     Ray tasks: one staged Parquet part per (batch, source file)
+    prepare   Ray actors: every task turns every row into requests or a skip (batch/prepare.py)
+    infer     Ray actors, one pool per model: each distinct request answered once (batch/infer/stage.py)
+    parse     Ray actors: answers joined back into each row's columns (batch/parse.py)
+    write     in the parse actors: one staged Parquet part per (batch, source file)
     commit    driver: an input file whose rows are all written gets a commit record
     publish   driver: move parts into place, manifest, summary, _SUCCESS
 """
@@ -26,6 +28,8 @@ from batch.config import ConfigError, JobConfig
 from batch.infer import models
 from batch.infer.engine import EngineSpec, batch_size_for, resolve_engine_settings
 from batch.infer.stage import InferenceStage, StageSpec
+from batch.parse import ParseStage
+from batch.prepare import PrepareStage
 from batch.io.read import BadInput, InputFile, make_reader, plan_inputs, read_slices
 from batch.io.storage import Location
 from batch.io.write import FileProgress, Output, job_fingerprint, make_part_writer
@@ -36,6 +40,10 @@ log = logging.getLogger(__name__)
 
 # Read and write tasks are I/O bound: a small CPU share lets them run beside the engines.
 IO_TASK_CPUS = 0.25
+# Prepare and parse actors (CPU work beside the engines: language ID, masking, guardrails).
+# Their share is small so that on a small machine they never wait for a core Ray thinks is
+# taken; on a GPU node they run on the CPUs the engines leave free.
+TEXT_STAGE_CPUS = 0.25
 
 
 class RunFailed(Exception):
@@ -204,10 +212,21 @@ def _process(
     ]  # fmt: skip
 
     files = [p.file for p in progress.values()]
+    all_tasks = tuple((name, config) for group in groups for name, config in group.tasks)
+    text_stage = dict(
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=job.engine.text_workers or job.engine.replicas),
+        num_cpus=TEXT_STAGE_CPUS,
+    )
+    text_args = {"tasks": all_tasks, "text_column": job.input.text_column}
     dataset = ray.data.from_items(read_slices(files), override_num_blocks=max(1, len(files)))
     dataset = dataset.map_batches(
         make_reader(job.input, job.storage), batch_size=1, batch_format="pyarrow", num_cpus=IO_TASK_CPUS
     )
+    # Prepare and parse take whole blocks as they come (batch_size None): Ray Data fuses the
+    # read into the prepare actor, and a row count there would bundle several slices into
+    # one long task whose output reaches the engine only at its end.
+    dataset = dataset.map_batches(PrepareStage, fn_constructor_kwargs=text_args, batch_size=None, **text_stage)
     for group in groups:
         dataset = dataset.map_batches(
             InferenceStage,
@@ -215,17 +234,18 @@ def _process(
                 "spec": StageSpec(
                     engine=group.spec,
                     tasks=tuple(group.tasks),
-                    text_column=job.input.text_column,
                     cache_uri=job.cache.uri if job.cache.enabled else None,
                 )
             },
             batch_size=batch_size_for(job.engine, device),
             batch_format="pyarrow",
-            concurrency=job.engine.replicas,
+            compute=ray.data.ActorPoolStrategy(size=job.engine.replicas),
             **_actor_resources(job, device),
         )
+    # parse, then write from the same actor (see batch/parse.py)
+    write = make_part_writer(output.staging, run_id)
     dataset = dataset.map_batches(
-        make_part_writer(output.staging, run_id), batch_format="pyarrow", num_cpus=IO_TASK_CPUS
+        ParseStage, fn_constructor_kwargs={**text_args, "write": write}, batch_size=None, **text_stage
     )
 
     total = sum(p.file.rows for p in progress.values())

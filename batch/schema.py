@@ -24,8 +24,16 @@ TEXT_ERROR = "__text_error"  # internal: why a row's text cannot be used (set by
 # internal per-row usage, summed into the run summary and dropped before writing
 REQUESTS, INPUT_TOKENS, OUTPUT_TOKENS = "__requests", "__input_tokens", "__output_tokens"
 CACHE_HITS = "__cache_hits"
-READ_MS, INFER_MS = "__read_ms", "__infer_ms"  # busy time of the stage that handled the row's block
-USAGE_COLUMNS = (REQUESTS, INPUT_TOKENS, OUTPUT_TOKENS, CACHE_HITS, READ_MS, INFER_MS)
+# busy time of the stage that handled the row's block, charged to the block's first row
+READ_MS, PREPARE_MS, INFER_MS, PARSE_MS = "__read_ms", "__prepare_ms", "__infer_ms", "__parse_ms"
+USAGE_COLUMNS = (REQUESTS, INPUT_TOKENS, OUTPUT_TOKENS, CACHE_HITS, READ_MS, PREPARE_MS, INFER_MS, PARSE_MS)
+# internal, between stages: per row, the pickled {task: Plan | Skip | RowError} (prepare ->
+# infer -> parse), and per task the pickled answers to that row's requests (infer -> parse)
+PLANS = "__plans"
+
+
+def results_column(task: str) -> str:
+    return f"__results_{task}"
 
 
 def normalize_text(table: pa.Table, column: str) -> pa.Table:
@@ -116,6 +124,15 @@ def add_usage(batch: pa.Table, usage: dict[str, list[int]]) -> pa.Table:
             values = [a + b for a, b in zip(batch.column(name).to_pylist(), values)]
         batch = set_column(batch, pa.field(name, pa.int64()), values)
     return batch
+
+
+def charge_busy_time(batch: pa.Table, column: str, started: float) -> pa.Table:
+    """Add the stage's busy time since `started` (perf_counter) to the batch's first row."""
+    import time
+
+    if not batch.num_rows:
+        return batch
+    return add_usage(batch, {column: [int((time.perf_counter() - started) * 1000)] + [0] * (batch.num_rows - 1)})
 
 
 def internal_columns(batch: pa.Table) -> list[str]:

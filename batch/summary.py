@@ -52,7 +52,7 @@ class RunSummary:
         self.input_tokens = counts.get("input_tokens", 0)
         self.output_tokens = counts.get("output_tokens", 0)
         self.stage_busy_seconds = {
-            stage: round(counts.get(f"{stage}_ms", 0) / 1000, 2) for stage in ("read", "infer", "write")
+            stage: round(counts.get(f"{stage}_ms", 0) / 1000, 2) for stage in ("read", "prepare", "infer", "parse", "write")
         }
         self.skipped = {key.removeprefix("skipped: "): n for key, n in sorted(counts.items()) if key.startswith("skipped: ")}
         self.wall_seconds = round(time.time() - started, 2)

@@ -5,7 +5,9 @@ one invocation. Prints a table; record it in BENCHMARKS.md with the command that
     python benchmarks/throughput.py --rows 60 --scenarios raw,job,warm,memory --memory-rows 200,400   # smoke
 
 Scenarios (each a fresh process, so every figure includes its own start-up):
-  raw          vLLM's LLM.generate in one process over exactly the requests the job sends
+  raw          vLLM's LLM.generate in one process over exactly the requests the job sends,
+               with the job's engine settings (on CPU: engine core in the same process)
+  raw-vllm-default   the same with vLLM's default of an engine-core process of its own
   job          python -m batch run: read Parquet, infer on Ray Data, write Parquet (cold cache)
   warm         the job again after 10% of the texts changed: the result cache answers the rest
   raw-dups     raw engine over a corpus where 40% of rows repeat an earlier text
@@ -81,9 +83,8 @@ def job_file(path: Path, corpus: Path, output: Path, model: Path, tokens: int, b
 
 
 RAW_SCRIPT = """
-import json, sys, time
+import json, os, sys, time
 t0 = time.time()
-from vllm import LLM, SamplingParams
 from batch.config import load_job
 from batch.infer.engine import resolve_engine_settings
 from batch.tasks.translation import TranslationTask
@@ -91,8 +92,11 @@ import pyarrow.parquet as pq
 if __name__ == "__main__":
     job = load_job(sys.argv[1])
     texts = pq.read_table(job.input.uris[0]).column("text").to_pylist()
-    settings = resolve_engine_settings(job.engine, "cpu")
-    kv_cache_gib = settings.pop("kv_cache_gib")  # the same engine settings the job uses
+    settings = resolve_engine_settings(job.engine, "cpu")  # the same engine settings the job uses
+    kv_cache_gib = settings.pop("kv_cache_gib")
+    in_process = settings.pop("in_process") and sys.argv[2] == "job-settings"
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if in_process else "1"
+    from vllm import LLM, SamplingParams
     llm = LLM(model=job.tasks.translation.model, seed=0, kv_cache_memory_bytes=int(kv_cache_gib * 2**30), **settings)
     tokenizer = llm.get_tokenizer()
     task = TranslationTask(job.tasks.translation)
@@ -151,10 +155,10 @@ def run_measured(cmd: list[str], env: dict) -> tuple[str, float, float]:
     return out, wall, peak
 
 
-def bench_raw(job: Path, env: dict) -> dict:
+def bench_raw(job: Path, env: dict, engine_process: str = "job-settings") -> dict:
     script = Path(tempfile.mkdtemp()) / "raw.py"
     script.write_text(RAW_SCRIPT)
-    out, wall, peak = run_measured([sys.executable, str(script), str(job)], env)
+    out, wall, peak = run_measured([sys.executable, str(script), str(job), engine_process], env)
     result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
     return {"wall": wall, "startup": result["startup"], "steady": result["steady"], "rows": result["rows"],
             "output_tokens": result["output_tokens"], "peak_gib": peak}  # fmt: skip
@@ -241,7 +245,7 @@ def main() -> None:
             whole = work / f"whole-{dups}.parquet"  # the raw engine reads the corpus as one file
             pq.write_table(pq.read_table(corpus), whole)
             job = job_file(work / f"{scenario}.yaml", whole, output, model, args.tokens, args.batch_size)
-            results[scenario] = bench_raw(job, env)
+            results[scenario] = bench_raw(job, env, "vllm-default" if scenario == "raw-vllm-default" else "job-settings")
         else:
             results[scenario] = bench_job(job, output, env)
         print(f"{scenario}: {json.dumps(results[scenario])}", file=sys.stderr)

@@ -9,7 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from batch.config import validate_job
 from batch.demo.corpus import sample_posts
+from batch.tasks import TASKS
 from conftest import cli_ok, run_cli, write_corpus, write_job
 
 LABELS = ["negative", "neutral", "positive"]
@@ -103,7 +105,7 @@ def test_job_from_s3_to_s3(s3, models, tmp_path):
     assert summary["skipped"] == {"sentiment: empty text": 1, "translation: empty text": 1}
     assert summary["rows_failed"] == 0 and summary["rows_annotated"] == len(rows)
     assert summary["requests_inferred"] > 0 and summary["output_tokens"] > 0
-    assert set(summary["stage_busy_seconds"]) == {"read", "infer", "write"} and summary["stage_busy_seconds"]["infer"] > 0
+    assert set(summary["stage_busy_seconds"]) == {"read", "prepare", "infer", "parse", "write"} and summary["stage_busy_seconds"]["infer"] > 0
     assert summary["engines"][0]["tasks"] == ["translation", "sentiment"]  # one engine serves both
     assert f"progress: {len(rows)}/{len(rows)} rows (100%)" in out
     assert s3.fs.get_file_info(f"{published}/_SUCCESS").type.name == "File"
@@ -127,7 +129,22 @@ def test_job_on_local_files(models, tmp_path):
     cold = pq.read_table(tmp_path / "out")
     check_output(cold, rows, model, probabilities=False)
     cold_summary = json.loads((tmp_path / "out" / "_summary.json").read_text())
-    assert cold_summary["requests_inferred"] > 0
+
+    # Duplicate texts (reposts: 305 distinct texts in 320 rows, spread over both files and
+    # five 64-row batches) are inferred once: the engine ran exactly the distinct requests
+    # the tasks ask for, and every copy of a text got the same annotations.
+    config = validate_job(definition)
+    distinct = set()
+    for name, task_config in config.enabled_tasks().items():
+        task = TASKS[name](task_config)
+        for row in rows:
+            distinct.update(getattr(task.prepare(row["text"]), "requests", ()))
+    assert cold_summary["requests_inferred"] == len(distinct)
+    assert cold_summary["requests_inferred"] < sum(1 for row in rows if row["text"].strip()) * 2
+    by_text: dict[str, set] = {}
+    for out in cold.to_pylist():
+        by_text.setdefault(out["text"], set()).add((out["sentiment"], out["translation_fr"]))
+    assert all(len(answers) == 1 for answers in by_text.values())
 
     # Warm rerun: every answer comes from the result cache kept beside the output, and
     # the output equals the cold run's.

@@ -1,19 +1,20 @@
-"""The Ray Data stage around an engine: prepare -> infer -> parse, for one batch at a time.
+"""The inference stage: the Ray Data actor around one engine, between prepare and parse.
 
 A Ray Data actor (`map_batches` with a class) holds one `Engine` and the tasks it serves.
-Fan-out (a row needing several requests) and fan-in (joining the answers back onto the row)
-both happen inside one batch, so no shuffle is ever needed; identical requests within a
-batch are inferred once.
+It reads each row's plan (`schema.PLANS`, from batch/prepare.py), answers every distinct
+request once (recent answers, then the result cache, then the engine), and hands each row
+the answers to its requests (`schema.results_column`) for batch/parse.py. Fan-out and
+fan-in stay inside one batch, so no shuffle is ever needed. The actor does nothing else,
+so the engine idles only while the actor moves a batch in and out.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
+import pickle
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
 
 import pyarrow as pa
 
@@ -23,7 +24,8 @@ from batch.io.storage import Location
 from batch.config import ConfigError
 from batch.infer.engine import Engine, EngineSpec
 from batch.tasks import TASKS
-from batch.tasks.base import Classify, Failure, Generate, Plan, Request, Result, RowError, Score, Skip, Task, TaskConfig
+from batch.prepare import describe
+from batch.tasks.base import Classify, Failure, Generate, Plan, Request, Result, Score, Task, TaskConfig
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,6 @@ class StageSpec:
 
     engine: EngineSpec
     tasks: tuple[tuple[str, TaskConfig], ...]
-    text_column: str
     cache_uri: str | None = None  # the result cache (batch/cache.py); None: off
 
 
@@ -54,14 +55,9 @@ class InferenceStage:
                     raise ConfigError("; ".join(problems))
         self.provenance = {task.name: self._provenance(task) for task in self.tasks}
         self.cache = self._open_cache()
-        # Start-up work overlaps: tasks load their helpers (e.g. the language detector) in a
-        # thread while this thread starts the engine, which mostly waits on vLLM's process.
         # A warm cache defers the engine to its first miss: a fully cached run never starts it.
-        warm = threading.Thread(target=lambda: [task.warm_up() for task in self.tasks], daemon=True)
-        warm.start()
         if self.cache is None or not self.cache.known:
             self.engine.llm  # noqa: B018 - start it now
-        warm.join()
         # Answers of recent requests: a text repeated across batches (reposts, boilerplate)
         # is inferred once per actor, not once per batch.
         self.recent: OrderedDict[Request, Result] = OrderedDict()
@@ -69,15 +65,11 @@ class InferenceStage:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         started = time.perf_counter()
-        texts, text_errors = schema.text_values(batch, self.spec.text_column)
         n_rows = batch.num_rows
+        rows = [pickle.loads(blob) for blob in batch.column(schema.PLANS).to_pylist()]
+        plans = {task.name: [row[task.name] for row in rows] for task in self.tasks}
 
-        # prepare: every task turns every row into a plan (requests) or a skip
-        plans: dict[str, list[Plan | Skip | RowError]] = {}
-        for task in self.tasks:
-            plans[task.name] = [_prepare(task, text, error) for text, error in zip(texts, text_errors)]
-
-        # infer: each distinct request once, in one engine call per kind
+        # each distinct request once, in one engine call per kind
         unique: dict[Request, Result | None] = {}
         for task_plans in plans.values():
             for plan in task_plans:
@@ -86,37 +78,20 @@ class InferenceStage:
                         unique.setdefault(request, None)
         fresh, cached = self._infer(unique)
 
-        # parse: join answers back onto rows, in row order
-        usage = _usage_per_row(plans, unique, fresh, cached, n_rows)
-        errors: list[list[str]] = [[] for _ in range(n_rows)]
-        skips: list[list[str]] = [[] for _ in range(n_rows)]
+        # per row and task, the answers to its requests in order, for the parse stage
         for task in self.tasks:
-            columns: dict[str, list[Any]] = {field.name: [None] * n_rows for field in task.columns()}
-            for row, (text, plan) in enumerate(zip(texts, plans[task.name])):
-                if isinstance(plan, RowError):
-                    errors[row].append(f"{task.name}: {plan}")
-                    continue
-                if isinstance(plan, Skip):
-                    skips[row].append(f"{task.name}: {plan.reason}")
-                    values = plan.values
-                else:
-                    try:
-                        values = task.parse(text, plan, [unique[request] for request in plan.requests])
-                    except Exception as exc:  # noqa: BLE001 - any parse failure is this row's error
-                        errors[row].append(f"{task.name}: {_describe(exc)}")
-                        continue
-                for name, value in values.items():
-                    columns[name][row] = value
-            for field in task.columns():
-                batch = schema.set_column(batch, field, columns[field.name])
+            answers = [
+                pickle.dumps([unique[r] for r in plan.requests], protocol=pickle.HIGHEST_PROTOCOL)
+                if isinstance(plan, Plan) else None
+                for plan in plans[task.name]
+            ]  # fmt: skip
+            batch = schema.set_column(batch, pa.field(schema.results_column(task.name), pa.binary()), answers)
             model = self.provenance[task.name]
             batch = schema.set_column(batch, pa.field(task.model_column(), pa.string()), [model] * n_rows)
         if self.cache is not None:
             self.cache.flush()  # new answers are safe in storage before the batch is done
-        if n_rows:  # the batch's busy time is charged to its first row
-            usage[schema.INFER_MS][0] += int((time.perf_counter() - started) * 1000)
-        batch = schema.add_usage(batch, usage)
-        return schema.merge_outcomes(batch, errors, skips)
+        batch = schema.add_usage(batch, _usage_per_row(plans, unique, fresh, cached, n_rows))
+        return schema.charge_busy_time(batch, schema.INFER_MS, started)
 
     def _infer(self, unique: dict[Request, Result | None]) -> tuple[set[Request], set[Request]]:
         """Fill in every answer; returns the requests that went to the engine and those
@@ -185,7 +160,7 @@ class InferenceStage:
             except Exception as exc:  # noqa: BLE001
                 if self.engine.is_fatal(exc):
                     raise
-                results.append(Failure(f"inference failed: {_describe(exc)}"))
+                results.append(Failure(f"inference failed: {describe(exc)}"))
         return results
 
 
@@ -211,19 +186,3 @@ def _usage_per_row(
                     usage[schema.INPUT_TOKENS][row] += getattr(answer, "prompt_tokens", 0)
                     usage[schema.OUTPUT_TOKENS][row] += getattr(answer, "output_tokens", 0)
     return usage
-
-
-def _prepare(task: Task, text: str | None, text_error: str | None) -> Plan | Skip | RowError:
-    if text_error is not None:
-        return RowError(text_error)
-    if text is None:
-        return Skip("no text (null)")
-    try:
-        return task.prepare(text)
-    except Exception as exc:  # noqa: BLE001 - any prepare failure is this row's error
-        return RowError(_describe(exc))
-
-
-def _describe(exc: Exception) -> str:
-    return str(exc) if isinstance(exc, RowError) else f"{type(exc).__name__}: {exc}"
-
