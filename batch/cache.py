@@ -1,5 +1,14 @@
-"""The result cache: answers the engine already gave, kept in object storage next to the
-output, so the next night's run over a mostly unchanged corpus infers only what is new.
+"""The result cache: work already done, kept in object storage next to the output, so the
+next night's run over a mostly unchanged corpus does only what is new. Two levels:
+
+- `RowCache` (prepare and parse stages): a task's finished columns for a text, keyed by
+  the text's hash under the task's identity (its whole config, prompt version included,
+  and the weights and decoding settings of the engine that serves it). A hit skips the
+  row's prepare, inference and parse: language identification and guardrails cost about
+  as much CPU as a small model's inference, so skipping only the engine is not enough.
+- `ResultCache` (inference stage): single engine answers, below. It still saves the engine
+  when a row's text changed but some of its requests did not (one edited paragraph of a
+  long document re-infers that paragraph only).
 
 Key of an answer: the engine's identity (model URI and content fingerprint, runner, dtype,
 seed, the prompt versions of the tasks it serves) + the adapter's fingerprint + the request
@@ -78,6 +87,69 @@ class ResultCache:
             fs.create_dir(self.folder.path, recursive=True)
         retrying(lambda: pq.write_table(table, part.path, filesystem=fs), part.storage, part.uri)
         self.pending.clear()
+
+
+class RowCache:
+    """Finished task columns per text. Layout: `<cache uri>/rows/<task identity>/<uuid>.parquet`,
+    columns `key` (sha256 of the text) and the task's own columns with their Arrow types,
+    so cached values come back exactly as a cold run wrote them."""
+
+    def __init__(self, root: Location, identity: str, columns: list[pa.Field]):
+        self.folder = root.join("rows", identity)
+        self.schema = pa.schema([pa.field("key", pa.binary(32)), *columns])
+        self.tables: list[pa.Table] = []
+        self.index: dict[bytes, tuple[int, int]] = {}  # key -> (table, row): values stay in Arrow memory
+        self.pending: dict[bytes, dict[str, Any]] = {}
+
+    @staticmethod
+    def key(text: str) -> bytes:
+        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+
+    def load(self) -> int:
+        for info in self.folder.list_files():
+            if not info.path.endswith(".parquet"):
+                continue
+            part = Location(self.folder.uri_of(info.path), self.folder.storage)
+            table = retrying(lambda: pq.read_table(part.path, filesystem=part.fs), part.storage, part.uri)
+            if not table.schema.equals(self.schema):
+                continue  # written by another version of the columns: not this identity's answers
+            n = len(self.tables)
+            self.tables.append(table)
+            self.index.update((key, (n, row)) for row, key in enumerate(table.column("key").to_pylist()))
+        return len(self.index)
+
+    def get(self, text: str) -> dict[str, Any] | None:
+        found = self.index.get(self.key(text))
+        if found is None:
+            return None
+        table, row = found
+        values = self.tables[table].slice(row, 1).to_pylist()[0]
+        del values["key"]
+        return values
+
+    def add(self, text: str, values: dict[str, Any]) -> None:
+        key = self.key(text)
+        if key not in self.index:
+            self.pending[key] = values
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        names = self.schema.names[1:]
+        columns = {"key": list(self.pending), **{name: [v.get(name) for v in self.pending.values()] for name in names}}
+        table = pa.table(columns, schema=self.schema)
+        part = self.folder.join(f"{uuid.uuid4().hex}.parquet")
+        if not part.is_s3:
+            part.fs.create_dir(self.folder.path, recursive=True)
+        retrying(lambda: pq.write_table(table, part.path, filesystem=part.fs), part.storage, part.uri)
+        self.pending.clear()
+
+
+def row_cache_identity(task: str, config: dict[str, Any], engine: dict[str, Any]) -> str:
+    """Everything a task's finished columns depend on besides the text: the task's whole
+    config (prompt version, targets, glossary, guardrails, budgets) and the engine's
+    weights (content identities of model and adapters) and decoding settings."""
+    return hashlib.sha256(json.dumps([task, config, engine], sort_keys=True).encode()).hexdigest()[:24]
 
 
 def default_cache_uri(output_template: str) -> str:

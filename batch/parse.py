@@ -2,6 +2,7 @@
 columns (fan-in), or records why it could not (`error`) or why there was nothing to ask
 (`skip_reason`). Like prepare, it runs in actors of its own so that its CPU work
 (translation guardrails detect the language of every answer) overlaps with generation.
+Finished columns go to the row cache (batch/cache.py) for the next run.
 
 The same actor then hands the finished batch to the write stage's function
 (batch/io/write.py) and returns only its small part records: annotated rows go straight to
@@ -13,38 +14,40 @@ from __future__ import annotations
 
 import pickle
 import time
+from collections import OrderedDict
 from typing import Any, Callable
 
 import pyarrow as pa
 
 from batch import schema
-from batch.prepare import describe
-from batch.tasks import TASKS
-from batch.tasks.base import RowError, Skip, Task, TaskConfig
+from batch.prepare import RECENT_TEXTS, TextStageSpec, describe
+from batch.tasks.base import Cached, RowError, Skip
 
 
 class ParseStage:
     """Callable class for `Dataset.map_batches`: built once per actor, called per batch."""
 
-    def __init__(
-        self, tasks: tuple[tuple[str, TaskConfig], ...], text_column: str, write: Callable[[pa.Table], pa.Table]
-    ):
-        self.tasks: list[Task] = [TASKS[name](config) for name, config in tasks]
-        self.text_column = text_column
+    def __init__(self, spec: TextStageSpec, write: Callable[[pa.Table], pa.Table]):
+        self.spec = spec
+        self.tasks = spec.build_tasks()
+        self.caches = spec.row_caches(self.tasks)
         self.write = write
-        for task in self.tasks:
-            task.warm_up()
+        # (task, text) -> columns: a repeated text is parsed once; its answers are the same
+        # (identical requests are inferred once and decoding is greedy)
+        self.recent: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         started = time.perf_counter()
         n_rows = batch.num_rows
-        texts = batch.column(self.text_column).to_pylist()
+        texts = batch.column(self.spec.text_column).to_pylist()
         plans = [pickle.loads(blob) for blob in batch.column(schema.PLANS).to_pylist()]
         errors: list[list[str]] = [[] for _ in range(n_rows)]
         skips: list[list[str]] = [[] for _ in range(n_rows)]
+        cached_rows = [0] * n_rows
         for task in self.tasks:
             answers = batch.column(schema.results_column(task.name)).to_pylist()
             columns: dict[str, list[Any]] = {field.name: [None] * n_rows for field in task.columns()}
+            cache = self.caches.get(task.name)
             for row, (text, row_plans, blob) in enumerate(zip(texts, plans, answers)):
                 plan = row_plans[task.name]
                 if isinstance(plan, RowError):
@@ -53,12 +56,20 @@ class ParseStage:
                 if isinstance(plan, Skip):
                     skips[row].append(f"{task.name}: {plan.reason}")
                     values = plan.values
+                elif isinstance(plan, Cached):
+                    cached_rows[row] += 1
+                    values = plan.values
+                elif (values := self.recent.get((task.name, text))) is not None:
+                    self.recent.move_to_end((task.name, text))
                 else:
                     try:
                         values = task.parse(text, plan, pickle.loads(blob))
                     except Exception as exc:  # noqa: BLE001 - any parse failure is this row's error
                         errors[row].append(f"{task.name}: {describe(exc)}")
                         continue
+                    self.recent[(task.name, text)] = values
+                    if cache is not None:
+                        cache.add(text, values)
                 for name, value in values.items():
                     columns[name][row] = value
             for field in task.columns():
@@ -67,6 +78,11 @@ class ParseStage:
             model = batch.schema.field(task.model_column())
             values = batch.column(task.model_column())
             batch = batch.drop_columns([model.name]).append_column(model, values)
+        while len(self.recent) > RECENT_TEXTS:
+            self.recent.popitem(last=False)
+        for cache in self.caches.values():
+            cache.flush()  # before the batch is written: a committed row's columns are cached
         batch = batch.drop_columns([schema.PLANS, *(schema.results_column(task.name) for task in self.tasks)])
         batch = schema.merge_outcomes(batch, errors, skips)
+        batch = schema.add_usage(batch, {schema.CACHED_ROWS: cached_rows})
         return self.write(schema.charge_busy_time(batch, schema.PARSE_MS, started))

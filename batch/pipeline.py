@@ -29,7 +29,8 @@ from batch.infer import models
 from batch.infer.engine import EngineSpec, batch_size_for, resolve_engine_settings
 from batch.infer.stage import InferenceStage, StageSpec
 from batch.parse import ParseStage
-from batch.prepare import PrepareStage
+from batch.prepare import PrepareStage, TextStageSpec
+from batch.cache import row_cache_identity
 from batch.io.read import BadInput, InputFile, make_reader, plan_inputs, read_slices
 from batch.io.storage import Location
 from batch.io.write import FileProgress, Output, job_fingerprint, make_part_writer
@@ -212,13 +213,18 @@ def _process(
     ]  # fmt: skip
 
     files = [p.file for p in progress.values()]
-    all_tasks = tuple((name, config) for group in groups for name, config in group.tasks)
+    text_spec = TextStageSpec(
+        tasks=tuple((name, config) for group in groups for name, config in group.tasks),
+        text_column=job.input.text_column,
+        cache_uri=job.cache.uri if job.cache.enabled else None,
+        cache_identities=_row_cache_identities(job, groups) if job.cache.enabled else {},
+        storage=job.storage,
+    )
     text_stage = dict(
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=job.engine.text_workers or job.engine.replicas),
         num_cpus=TEXT_STAGE_CPUS,
     )
-    text_args = {"tasks": all_tasks, "text_column": job.input.text_column}
     dataset = ray.data.from_items(read_slices(files), override_num_blocks=max(1, len(files)))
     dataset = dataset.map_batches(
         make_reader(job.input, job.storage), batch_size=1, batch_format="pyarrow", num_cpus=IO_TASK_CPUS
@@ -226,7 +232,9 @@ def _process(
     # Prepare and parse take whole blocks as they come (batch_size None): Ray Data fuses the
     # read into the prepare actor, and a row count there would bundle several slices into
     # one long task whose output reaches the engine only at its end.
-    dataset = dataset.map_batches(PrepareStage, fn_constructor_kwargs=text_args, batch_size=None, **text_stage)
+    dataset = dataset.map_batches(
+        PrepareStage, fn_constructor_kwargs={"spec": text_spec}, batch_size=None, **text_stage
+    )
     for group in groups:
         dataset = dataset.map_batches(
             InferenceStage,
@@ -245,7 +253,7 @@ def _process(
     # parse, then write from the same actor (see batch/parse.py)
     write = make_part_writer(output.staging, run_id)
     dataset = dataset.map_batches(
-        ParseStage, fn_constructor_kwargs={**text_args, "write": write}, batch_size=None, **text_stage
+        ParseStage, fn_constructor_kwargs={"spec": text_spec, "write": write}, batch_size=None, **text_stage
     )
 
     total = sum(p.file.rows for p in progress.values())
@@ -290,6 +298,22 @@ def _root_cause(exc: BaseException) -> str:
         exc = inner
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def _row_cache_identities(job: JobConfig, groups: list[EngineGroup]) -> dict[str, str]:
+    """Per task, the identity its row cache is filed under (batch/cache.py), from what the
+    driver can know without loading weights: configs and the weights' identities."""
+    identities = {}
+    for group in groups:
+        spec = group.spec
+        engine = {
+            "model": models.weights_identity(spec.model, job.storage),
+            "adapters": {name: models.weights_identity(uri, job.storage) for name, uri in spec.adapters},
+            "runner": spec.runner, "dtype": spec.dtype, "max_model_len": spec.max_model_len, "seed": spec.seed,
+        }  # fmt: skip
+        for name, config in group.tasks:
+            identities[name] = row_cache_identity(name, config.model_dump(mode="json"), engine)
+    return identities
 
 
 def _actor_resources(job: JobConfig, device: str) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """The prepare stage: every task turns every row into the requests it needs (a Plan), a
-Skip, or a RowError, before any engine sees the batch.
+Skip, a RowError, or its finished columns from the result cache (Cached), before any
+engine sees the batch.
 
 It runs in actors of its own (Ray Data `map_batches` with a class), not in the engine's:
-preparing is CPU work (language identification, masking, segmentation; ~3 ms a row for
+preparing is CPU work (language identification, masking, segmentation; ~4 ms a row for
 translation, and lingua holds the GIL), so in its own process it overlaps with the engine
 generating the previous batch instead of leaving the engine idle. The plans travel to the
 inference and parse stages pickled in one internal column (`schema.PLANS`).
@@ -12,32 +13,80 @@ from __future__ import annotations
 
 import pickle
 import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 
 from batch import schema
+from batch.cache import RowCache
+from batch.config import StorageConfig
+from batch.io.storage import Location
 from batch.tasks import TASKS
-from batch.tasks.base import Plan, RowError, Skip, Task, TaskConfig
+from batch.tasks.base import Cached, Plan, RowError, Skip, Task, TaskConfig
+
+RECENT_TEXTS = 50_000  # per actor: a text repeated across batches (reposts) is prepared once
+
+
+@dataclass(frozen=True)
+class TextStageSpec:
+    """What the prepare and parse actors need: the tasks, and where their row cache is."""
+
+    tasks: tuple[tuple[str, TaskConfig], ...]
+    text_column: str
+    cache_uri: str | None = None  # None: no result cache
+    cache_identities: dict[str, str] = field(default_factory=dict, hash=False)  # task -> identity
+    storage: StorageConfig = StorageConfig()
+
+    def build_tasks(self) -> list[Task]:
+        tasks: list[Task] = [TASKS[name](config) for name, config in self.tasks]
+        for task in tasks:  # load helpers (e.g. the language detector) once, up front
+            task.warm_up()
+        return tasks
+
+    def row_caches(self, tasks: list[Task]) -> dict[str, RowCache]:
+        if not self.cache_uri:
+            return {}
+        root = Location(self.cache_uri, self.storage)
+        return {task.name: RowCache(root, self.cache_identities[task.name], task.columns()) for task in tasks}
 
 
 class PrepareStage:
     """Callable class for `Dataset.map_batches`: built once per actor, called per batch."""
 
-    def __init__(self, tasks: tuple[tuple[str, TaskConfig], ...], text_column: str):
-        self.tasks: list[Task] = [TASKS[name](config) for name, config in tasks]
-        self.text_column = text_column
-        for task in self.tasks:  # load helpers (e.g. the language detector) once, up front
-            task.warm_up()
+    def __init__(self, spec: TextStageSpec):
+        self.spec = spec
+        self.tasks = spec.build_tasks()
+        self.caches = spec.row_caches(self.tasks)
+        for cache in self.caches.values():
+            cache.load()
+        self.recent: OrderedDict[str, bytes] = OrderedDict()  # text -> its pickled plans
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         started = time.perf_counter()
-        texts, text_errors = schema.text_values(batch, self.text_column)
-        plans = [
-            pickle.dumps({task.name: prepare_row(task, text, error) for task in self.tasks}, protocol=pickle.HIGHEST_PROTOCOL)
-            for text, error in zip(texts, text_errors)
-        ]
-        batch = schema.set_column(batch, pa.field(schema.PLANS, pa.binary()), plans)
+        texts, text_errors = schema.text_values(batch, self.spec.text_column)
+        blobs = []
+        for text, error in zip(texts, text_errors):
+            if error is not None or text is None:
+                blobs.append(self._plans(text, error))
+            elif (blob := self.recent.get(text)) is not None:
+                self.recent.move_to_end(text)
+                blobs.append(blob)
+            else:
+                blobs.append(blob := self._plans(text, None))
+                self.recent[text] = blob
+        while len(self.recent) > RECENT_TEXTS:
+            self.recent.popitem(last=False)
+        batch = schema.set_column(batch, pa.field(schema.PLANS, pa.binary()), blobs)
         return schema.charge_busy_time(batch, schema.PREPARE_MS, started)
+
+    def _plans(self, text: str | None, error: str | None) -> bytes:
+        plans = {}
+        for task in self.tasks:
+            cache = self.caches.get(task.name)
+            values = cache.get(text) if cache is not None and error is None and text is not None else None
+            plans[task.name] = Cached(values) if values is not None else prepare_row(task, text, error)
+        return pickle.dumps(plans, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def prepare_row(task: Task, text: str | None, text_error: str | None) -> Plan | Skip | RowError:

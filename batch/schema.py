@@ -24,9 +24,10 @@ TEXT_ERROR = "__text_error"  # internal: why a row's text cannot be used (set by
 # internal per-row usage, summed into the run summary and dropped before writing
 REQUESTS, INPUT_TOKENS, OUTPUT_TOKENS = "__requests", "__input_tokens", "__output_tokens"
 CACHE_HITS = "__cache_hits"
+CACHED_ROWS = "__cached_rows"  # a task's columns taken whole from the row cache (per row and task)
 # busy time of the stage that handled the row's block, charged to the block's first row
 READ_MS, PREPARE_MS, INFER_MS, PARSE_MS = "__read_ms", "__prepare_ms", "__infer_ms", "__parse_ms"
-USAGE_COLUMNS = (REQUESTS, INPUT_TOKENS, OUTPUT_TOKENS, CACHE_HITS, READ_MS, PREPARE_MS, INFER_MS, PARSE_MS)
+USAGE_COLUMNS = (REQUESTS, INPUT_TOKENS, OUTPUT_TOKENS, CACHE_HITS, CACHED_ROWS, READ_MS, PREPARE_MS, INFER_MS, PARSE_MS)
 # internal, between stages: per row, the pickled {task: Plan | Skip | RowError} (prepare ->
 # infer -> parse), and per task the pickled answers to that row's requests (infer -> parse)
 PLANS = "__plans"

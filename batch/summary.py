@@ -27,6 +27,7 @@ class RunSummary:
     engines: list[dict[str, Any]] = field(default_factory=list)
     requests_inferred: int = 0  # distinct requests sent to an engine (duplicates and skips excluded)
     cache_hits: int = 0  # distinct requests answered by the result cache
+    cached_rows: int = 0  # a task's columns for a row taken whole from the result cache (per row and task)
     input_tokens: int = 0
     output_tokens: int = 0
     seconds_to_first_row: float | None = None  # start-up: planning, Ray, engine start, first batch
@@ -49,6 +50,7 @@ class RunSummary:
         self.rows_annotated = self.rows_out - self.rows_failed
         self.requests_inferred = counts.get("requests", 0)
         self.cache_hits = counts.get("cache_hits", 0)
+        self.cached_rows = counts.get("cached_rows", 0)
         self.input_tokens = counts.get("input_tokens", 0)
         self.output_tokens = counts.get("output_tokens", 0)
         self.stage_busy_seconds = {
@@ -77,7 +79,8 @@ class RunSummary:
         for bad in self.unreadable_inputs:
             lines.append(f"  unreadable input {bad['uri']}: {bad['reason']}")
         lines.append(
-            f"  engine: {self.requests_inferred} requests ({self.cache_hits} more answered by the result cache), "
+            f"  engine: {self.requests_inferred} requests ({self.cache_hits} more answered by the result cache, "
+            f"{self.cached_rows} task results of rows taken whole from it), "
             f"{self.input_tokens} input tokens, {self.output_tokens} output tokens"
         )
         busy = ", ".join(f"{stage} {seconds:.1f}s" for stage, seconds in self.stage_busy_seconds.items())

@@ -171,7 +171,8 @@ def bench_job(job: Path, output: Path, env: dict) -> dict:
     startup = summary.get("seconds_to_first_row") or 0.0
     return {"wall": wall, "startup": startup, "steady": wall - startup, "rows": summary["rows_out"],
             "output_tokens": summary.get("output_tokens", 0), "peak_gib": peak,
-            "requests_inferred": summary.get("requests_inferred"), "cache_hits": summary.get("cache_hits")}  # fmt: skip
+            "requests_inferred": summary.get("requests_inferred"), "cache_hits": summary.get("cache_hits"),
+            "cached_rows": summary.get("cached_rows")}  # fmt: skip
 
 
 def change_share(corpus: Path, share: float, seed: int = 1) -> None:

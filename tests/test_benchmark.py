@@ -30,4 +30,4 @@ def test_benchmark_runs_and_reports_every_figure(tmp_path):
         assert entry["output_tokens"] > 0 or scenario == "warm"
     # the warm rerun inferred only what changed; the rest came from the result cache
     assert figures["warm"]["requests_inferred"] < figures["job"]["requests_inferred"]
-    assert figures["warm"]["cache_hits"] > 0
+    assert figures["warm"]["cached_rows"] > 0

@@ -153,6 +153,9 @@ def test_job_on_local_files(models, tmp_path):
     warm = pq.read_table(tmp_path / "out")
     warm_summary = json.loads((tmp_path / "out" / "_summary.json").read_text())
     assert warm_summary["requests_inferred"] == 0
-    assert warm_summary["cache_hits"] == cold_summary["requests_inferred"]
+    # every task's columns of every row with text came whole from the row cache: no
+    # language identification, no engine, no guardrails
+    assert warm_summary["cached_rows"] == 2 * sum(1 for row in rows if row["text"].strip())
+    assert cold_summary["cached_rows"] == 0
     key = lambda table: sorted(table.drop_columns(["run_id"]).to_pylist(), key=lambda r: r["post_id"])  # noqa: E731
     assert key(warm) == key(cold)

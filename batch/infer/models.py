@@ -107,6 +107,18 @@ def fingerprint(local: str) -> str:
     return digest.hexdigest()[:12]
 
 
+def weights_identity(uri: str, storage: StorageConfig) -> str:
+    """Which weights a model URI holds, without fetching them (for the result cache's keys,
+    computed on the driver): a local folder's content fingerprint; an s3:// prefix's listing
+    (names, sizes, modification times: overwriting a file changes it); a hub id as itself
+    (its revision is not known here)."""
+    if is_remote(uri):
+        location = Location(uri.rstrip("/") + "/", storage)
+        listing = sorted((info.path, info.size, str(info.mtime)) for info in location.list_files())
+        return hashlib.sha256(json.dumps([uri, listing]).encode()).hexdigest()[:12]
+    return fingerprint(resolve(uri, storage))
+
+
 def read_config(uri: str, storage: StorageConfig) -> dict[str, Any] | None:
     """The model's config.json without fetching the weights (None for a hub id): lets the
     driver check a classifier's labels before any engine starts."""

@@ -109,6 +109,13 @@ class Skip:
     values: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class Cached:
+    """A row whose columns for this task come whole from the result cache (batch/cache.py)."""
+
+    values: dict[str, Any]
+
+
 class RowError(Exception):
     """A row-level failure: recorded in the row's `error` column; the batch goes on."""
 
