@@ -117,7 +117,10 @@ def connect_ray(address: str | None) -> None:
         return
     # "local" starts a fresh local cluster: never attach to a stale one left by a killed head.
     address = address or os.environ.get("RAY_ADDRESS") or "local"
-    ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
+    # A local cluster lives for one run: no dashboard, whose processes take CPU from the
+    # engine while it starts (the progress lines and _summary.json say what it would).
+    extra = {"include_dashboard": False} if address == "local" else {}
+    ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING, **extra)
 
 
 def detect_device(job: JobConfig) -> str:

@@ -38,9 +38,9 @@ class TextStageSpec:
     cache_identities: dict[str, str] = field(default_factory=dict, hash=False)  # task -> identity
     storage: StorageConfig = StorageConfig()
 
-    def build_tasks(self) -> list[Task]:
+    def build_tasks(self, warm_up: bool) -> list[Task]:
         tasks: list[Task] = [TASKS[name](config) for name, config in self.tasks]
-        for task in tasks:  # load helpers (e.g. the language detector) once, up front
+        for task in tasks if warm_up else ():  # load helpers (e.g. the language detector) up front
             task.warm_up()
         return tasks
 
@@ -56,7 +56,7 @@ class PrepareStage:
 
     def __init__(self, spec: TextStageSpec):
         self.spec = spec
-        self.tasks = spec.build_tasks()
+        self.tasks = spec.build_tasks(warm_up=True)
         self.caches = spec.row_caches(self.tasks)
         for cache in self.caches.values():
             cache.load()
