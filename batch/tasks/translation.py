@@ -109,6 +109,17 @@ class LanguageDetection(_Section):
         return codes
 
 
+# The guardrail only asks whether an answer is in its target language, so it chooses among
+# the targets and the languages a multilingual model falls back to or a source is most
+# likely written in, not all 75: a third of the CPU per answer and a fraction of lingua's
+# memory. An answer in a language missing here still lands on some other candidate (a
+# closely related language at worst) and is flagged.
+JUDGED_LANGUAGES = (
+    "ar", "de", "en", "es", "fa", "fr", "hi", "id", "it", "ja", "ko", "nl", "pl", "pt", "ru", "sv", "tr", "uk",
+    "vi", "zh",
+)  # fmt: skip
+
+
 class Guardrails(_Section):
     min_length_ratio: float = Field(default=0.33, gt=0, description="flag length_ratio below this")
     max_length_ratio: float = Field(default=3.0, gt=0, description="flag length_ratio above this")
@@ -116,6 +127,18 @@ class Guardrails(_Section):
         default=20, ge=1, description="length ratio and output language are judged only on texts at least this long"
     )
     wrong_language_min_confidence: float = Field(default=0.5, ge=0, le=1)
+    judged_languages: list[str] | None = Field(
+        default=None,
+        description="languages the wrong_language check chooses from (the targets are always added); "
+        "default: language_detection.languages if set, else 20 widely used languages (JUDGED_LANGUAGES)",
+    )
+
+    @field_validator("judged_languages")
+    @classmethod
+    def _judged_known(cls, codes: list[str] | None) -> list[str] | None:
+        if codes is not None and (unknown := langid.unknown_codes(codes)):
+            raise ValueError(f"lingua cannot detect {unknown}")
+        return codes
 
     @model_validator(mode="after")
     def _bounds(self) -> "Guardrails":
@@ -202,6 +225,10 @@ class TranslationTask(Task):
         languages = None if detection.languages is None else [*detection.languages, *config.target_languages]
         self._langid = langid.LanguageIdentifier(
             languages, low_accuracy=detection.low_accuracy, max_chars=detection.max_chars
+        )
+        judged = config.guardrails.judged_languages or detection.languages or JUDGED_LANGUAGES
+        self._judge = langid.LanguageIdentifier(
+            [*judged, *config.target_languages], low_accuracy=detection.low_accuracy, max_chars=detection.max_chars
         )
 
     def columns(self) -> list[pa.Field]:
@@ -323,8 +350,8 @@ class TranslationTask(Task):
         foreign_source = detection.language is not None and detection.language != target.lang
         if foreign_source and checks.is_copy(target.source, answer):
             flags.add("copied_source")
-        if len(answer) >= rules.min_chars_to_judge and self._langid.supports(target.lang):
-            judged = self._langid.detect(answer)
+        if len(answer) >= rules.min_chars_to_judge and self._judge.supports(target.lang):
+            judged = self._judge.detect(answer)
             if (
                 judged.language is not None
                 and judged.language != target.lang
