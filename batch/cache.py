@@ -27,7 +27,7 @@ import hashlib
 import json
 import uuid
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -48,11 +48,7 @@ class ResultCache:
         self.pending: dict[bytes, str] = {}
 
     def load(self) -> int:
-        for info in self.folder.list_files():
-            if not info.path.endswith(".parquet"):
-                continue
-            part = Location(self.folder.uri_of(info.path), self.folder.storage)
-            table = retrying(lambda: pq.read_table(part.path, filesystem=part.fs), part.storage, part.uri)
+        for table in _read_parts(self.folder):
             self.known.update(zip(table.column("key").to_pylist(), table.column("result").to_pylist()))
         return len(self.known)
 
@@ -78,15 +74,9 @@ class ResultCache:
             self.known[key] = self.pending[key] = value
 
     def flush(self) -> None:
-        if not self.pending:
-            return
-        table = pa.table({"key": list(self.pending), "result": list(self.pending.values())}, schema=_SCHEMA)
-        part = self.folder.join(f"{uuid.uuid4().hex}.parquet")
-        fs = part.fs
-        if not part.is_s3:
-            fs.create_dir(self.folder.path, recursive=True)
-        retrying(lambda: pq.write_table(table, part.path, filesystem=fs), part.storage, part.uri)
-        self.pending.clear()
+        if self.pending:
+            _write_part(self.folder, pa.table({"key": list(self.pending), "result": list(self.pending.values())}, schema=_SCHEMA))
+            self.pending.clear()
 
 
 class RowCache:
@@ -106,11 +96,7 @@ class RowCache:
         return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
 
     def load(self) -> int:
-        for info in self.folder.list_files():
-            if not info.path.endswith(".parquet"):
-                continue
-            part = Location(self.folder.uri_of(info.path), self.folder.storage)
-            table = retrying(lambda: pq.read_table(part.path, filesystem=part.fs), part.storage, part.uri)
+        for table in _read_parts(self.folder):
             if not table.schema.equals(self.schema):
                 continue  # written by another version of the columns: not this identity's answers
             n = len(self.tables)
@@ -137,12 +123,23 @@ class RowCache:
             return
         names = self.schema.names[1:]
         columns = {"key": list(self.pending), **{name: [v.get(name) for v in self.pending.values()] for name in names}}
-        table = pa.table(columns, schema=self.schema)
-        part = self.folder.join(f"{uuid.uuid4().hex}.parquet")
-        if not part.is_s3:
-            part.fs.create_dir(self.folder.path, recursive=True)
-        retrying(lambda: pq.write_table(table, part.path, filesystem=part.fs), part.storage, part.uri)
+        _write_part(self.folder, pa.table(columns, schema=self.schema))
         self.pending.clear()
+
+
+def _read_parts(folder: Location) -> Iterator[pa.Table]:
+    for info in folder.list_files():
+        if info.path.endswith(".parquet"):
+            part = Location(folder.uri_of(info.path), folder.storage)
+            yield retrying(lambda: pq.read_table(part.path, filesystem=part.fs), part.storage, part.uri)
+
+
+def _write_part(folder: Location, table: pa.Table) -> None:
+    """One new part per flush: writers never touch each other's files."""
+    part = folder.join(f"{uuid.uuid4().hex}.parquet")
+    if not part.is_s3:
+        part.fs.create_dir(folder.path, recursive=True)
+    retrying(lambda: pq.write_table(table, part.path, filesystem=part.fs), part.storage, part.uri)
 
 
 def row_cache_identity(task: str, config: dict[str, Any], engine: dict[str, Any]) -> str:

@@ -100,3 +100,27 @@ def test_result_cache_lives_beside_the_output_for_every_date(tmp_path):
     assert load(tmp_path, dict(BASE, output={"uri": "out/x"})).cache.uri == "out/x/_cache"
     with pytest.raises(ConfigError, match="cache.uri: no placeholders"):
         load(tmp_path, BASE, "cache.uri=c/{date}")
+
+
+def test_row_cache_identity_follows_config_and_weights(tmp_path):
+    """A cached row is reused only under the same task config and the same weights: any
+    change there files new answers under a new identity (no engine needed to tell)."""
+    from batch.demo.models import build_tokenizer
+    from batch.pipeline import _row_cache_identities, engine_groups
+
+    model = tmp_path / "m"
+    build_tokenizer(model)
+    (model / "weights.safetensors").write_bytes(b"one")
+    base = dict(BASE, tasks={"translation": {"model": str(model), "target_languages": ["fr"]}})
+
+    def identity(*overrides):
+        job = load(tmp_path, base, *overrides)
+        return _row_cache_identities(job, engine_groups(job, "cpu"))["translation"]
+
+    first = identity()
+    assert identity() == first  # stable across runs
+    assert identity("tasks.translation.prompt_version=v3") != first
+    assert identity("tasks.translation.guardrails.min_length_ratio=0.2") != first
+    assert identity("engine.seed=1") != first
+    (model / "weights.safetensors").write_bytes(b"two")  # new weights at the same path
+    assert identity() != first
