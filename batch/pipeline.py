@@ -24,16 +24,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from batch.cache import row_cache_identity
 from batch.config import ConfigError, JobConfig
 from batch.infer import models
 from batch.infer.engine import EngineSpec, batch_size_for, resolve_engine_settings
 from batch.infer.stage import InferenceStage, StageSpec
-from batch.parse import ParseStage
-from batch.prepare import PrepareStage, TextStageSpec
-from batch.cache import row_cache_identity
 from batch.io.read import BadInput, InputFile, make_reader, plan_inputs, read_slices
 from batch.io.storage import Location
 from batch.io.write import FileProgress, Output, job_fingerprint, make_part_writer
+from batch.parse import ParseStage
+from batch.prepare import PrepareStage, TextStageSpec
 from batch.summary import RunSummary
 from batch.tasks import TASKS
 

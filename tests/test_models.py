@@ -32,7 +32,11 @@ def test_lora_adapters_really_change_outputs(models, fine_tunes):
     spec = EngineSpec(
         model=str(models["chat"]), runner="generate", device="cpu",
         adapters=(("a", str(fine_tunes["lora_a"])), ("b", str(fine_tunes["lora_b"]))),
-        **resolve_engine_settings(EngineConfig(max_model_len=512), "cpu"),
+        # The engine core in its own process here: in-process, vLLM's CPU kernel registration
+        # reads an attribute of every module-level object, and in this test process moto's
+        # server has imported Flask, whose request proxies raise outside a request. The job's
+        # engines live in Ray actors, which import no Flask.
+        **resolve_engine_settings(EngineConfig(max_model_len=512, in_process=False), "cpu"),
     )  # fmt: skip
     engine = Engine(spec)
     try:

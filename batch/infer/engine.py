@@ -66,7 +66,10 @@ def resolve_engine_settings(config: EngineConfig, device: Literal["cpu", "cuda"]
         # re-imports vLLM and torch (13 s here) and competes with the actor for the same
         # cores; in the actor, the engine started in 3 s instead of 29 s and generated 20%
         # faster (BENCHMARKS.md). On GPUs the separate process overlaps scheduling on the
-        # CPU with the GPU's work, which is how vLLM's published figures run.
+        # CPU with the GPU's work, which is how vLLM's published figures run. In process,
+        # vLLM's CPU kernel registration reads an attribute of every module-level object of
+        # the process: a process that imported Flask (whose proxies raise outside a request)
+        # must set in_process: false. Ray actors import no Flask.
         defaults = dict(
             dtype="float32", enforce_eager=True, gpu_memory_utilization=0.3, max_model_len=1024, kv_cache_gib=1.0,
             in_process=True,

@@ -20,11 +20,11 @@ import pyarrow as pa
 
 from batch import schema
 from batch.cache import ResultCache
-from batch.io.storage import Location
 from batch.config import ConfigError
 from batch.infer.engine import Engine, EngineSpec
-from batch.tasks import TASKS
+from batch.io.storage import Location
 from batch.prepare import describe
+from batch.tasks import TASKS
 from batch.tasks.base import Classify, Failure, Generate, Plan, Request, Result, Score, Task, TaskConfig
 
 log = logging.getLogger(__name__)
