@@ -39,11 +39,10 @@ from batch.tasks import TASKS
 
 log = logging.getLogger(__name__)
 
-# Read and write tasks are I/O bound: a small CPU share lets them run beside the engines.
-IO_TASK_CPUS = 0.25
-# Prepare and parse actors (CPU work beside the engines: language ID, masking, guardrails).
-# Their share is small so that on a small machine they never wait for a core Ray thinks is
-# taken; on a GPU node they run on the CPUs the engines leave free.
+# Read tasks and the prepare/parse actors (CPU work beside the engines: reading Parquet,
+# language ID, masking, guardrails, writing parts). Their share is small so that on a small
+# machine they never wait for a core Ray thinks is taken; on a GPU node they run on the CPUs
+# the engines leave free. One value for both lets Ray Data fuse the read into the prepare actor.
 TEXT_STAGE_CPUS = 0.25
 
 
@@ -216,10 +215,11 @@ def _process(
     ]  # fmt: skip
 
     files = [p.file for p in progress.values()]
+    cache_uri = job.cache.uri if job.cache.enabled else None
     text_spec = TextStageSpec(
         tasks=tuple((name, config) for group in groups for name, config in group.tasks),
         text_column=job.input.text_column,
-        cache_uri=job.cache.uri if job.cache.enabled else None,
+        cache_uri=cache_uri,
         cache_identities=_row_cache_identities(job, groups) if job.cache.enabled else {},
         storage=job.storage,
     )
@@ -230,7 +230,7 @@ def _process(
     )
     dataset = ray.data.from_items(read_slices(files), override_num_blocks=max(1, len(files)))
     dataset = dataset.map_batches(
-        make_reader(job.input, job.storage), batch_size=1, batch_format="pyarrow", num_cpus=IO_TASK_CPUS
+        make_reader(job.input, job.storage), batch_size=1, batch_format="pyarrow", num_cpus=TEXT_STAGE_CPUS
     )
     # Prepare and parse take whole blocks as they come (batch_size None): Ray Data fuses the
     # read into the prepare actor, and a row count there would bundle several slices into
@@ -245,7 +245,7 @@ def _process(
                 "spec": StageSpec(
                     engine=group.spec,
                     tasks=tuple(group.tasks),
-                    cache_uri=job.cache.uri if job.cache.enabled else None,
+                    cache_uri=cache_uri,
                 )
             },
             batch_size=batch_size_for(job.engine, device),
@@ -329,10 +329,10 @@ def _actor_resources(job: JobConfig, device: str) -> dict[str, Any]:
         if job.engine.num_cpus:
             resources["num_cpus"] = job.engine.num_cpus
         return resources
-    # On the CPU build the engine computes in vLLM's own worker process, outside Ray's
-    # accounting; the actor itself only prepares and parses. Reserving a whole core per
-    # actor starves the read and write tasks on a small machine (two models on two cores
-    # deadlock), so it reserves half a core unless the job says otherwise.
+    # On the CPU build one engine uses about one core, but reserving a whole core per
+    # engine actor leaves no room in Ray's accounting for the prepare/parse actors and read
+    # tasks on a small machine (two models on two cores deadlocked), so it reserves half a
+    # core unless the job says otherwise.
     return {"num_cpus": job.engine.num_cpus or 0.5}
 
 

@@ -10,6 +10,7 @@ An output row is the input row (original columns unchanged) plus:
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from typing import Any
 
@@ -129,8 +130,6 @@ def add_usage(batch: pa.Table, usage: dict[str, list[int]]) -> pa.Table:
 
 def charge_busy_time(batch: pa.Table, column: str, started: float) -> pa.Table:
     """Add the stage's busy time since `started` (perf_counter) to the batch's first row."""
-    import time
-
     if not batch.num_rows:
         return batch
     return add_usage(batch, {column: [int((time.perf_counter() - started) * 1000)] + [0] * (batch.num_rows - 1)})

@@ -149,9 +149,7 @@ def make_reader(config: InputConfig, storage: StorageConfig):
         for item in slices.to_pylist():
             started = time.perf_counter()
             for table in _read_slice(item, config, storage):
-                elapsed_ms = int((time.perf_counter() - started) * 1000)
-                charged = [elapsed_ms] + [0] * (table.num_rows - 1) if table.num_rows else []
-                yield schema.add_usage(table, {schema.READ_MS: charged})
+                yield schema.charge_busy_time(table, schema.READ_MS, started)
                 started = time.perf_counter()
 
     return read
