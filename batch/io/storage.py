@@ -7,11 +7,12 @@ AWS chain (environment, shared config, instance role). Only the endpoint and reg
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import json
 import os
 import posixpath
-import time
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 from urllib.parse import urlparse
@@ -24,7 +25,8 @@ T = TypeVar("T")
 
 
 class StorageError(Exception):
-    """Object storage failed past its retries."""
+    """Object storage failed: past its retries, or in a way no retry fixes (access denied,
+    a missing bucket). The message is one line naming the location."""
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,12 @@ def filesystem_for(uri: str, storage: StorageConfig) -> pafs.FileSystem:
     if scheme != "s3":
         raise ConfigError(f"{uri}: unsupported scheme {scheme!r}; use a local path or s3://")
     options: dict[str, Any] = {
-        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=3),  # `retrying` adds backoff on top
+        # The one retry layer for S3 (`retrying` makes one attempt): the client retries each
+        # HTTP request that failed transiently (SlowDown, 5xx, resets, timeouts; measured on
+        # the error strings in tests/test_storage_faults.py) with jittered exponential backoff,
+        # up to 20 s. Per request is the only level that reaches the range reads inside a
+        # Parquet scan; retrying whole actions on top would multiply the attempts.
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=max(1, storage.retries)),
         "connect_timeout": 10,
         "request_timeout": 60,
     }
@@ -153,17 +160,78 @@ def _glob_root(uri: str) -> str:
     return head
 
 
+# What a storage failure means for the run (see `storage_fault`).
+TRANSIENT = "transient"  # throttling, 5xx, a reset connection, a timeout: worth retrying
+DENIED = "access denied"  # credentials or policy: no retry helps, the run must stop
+MISSING = "missing"  # no such bucket or key
+FAILED = "failed"  # any other answer from the store, or a local I/O error
+
+_AWS_ERROR = re.compile(r"AWS Error (\w+)")
+_HTTP_STATUS = re.compile(r"HTTP status (\d{3})")
+_AWS_KINDS = {
+    TRANSIENT: {"SLOW_DOWN", "THROTTLING", "REQUEST_LIMIT_EXCEEDED", "SERVICE_UNAVAILABLE", "INTERNAL_FAILURE",
+                "NETWORK_CONNECTION", "REQUEST_TIMEOUT", "REQUEST_TIMEOUT_EXCEPTION"},
+    DENIED: {"ACCESS_DENIED", "INVALID_ACCESS_KEY_ID", "SIGNATURE_DOES_NOT_MATCH", "INVALID_CLIENT_TOKEN_ID",
+             "MISSING_AUTHENTICATION_TOKEN", "UNRECOGNIZED_CLIENT", "EXPIRED_TOKEN", "INVALID_SIGNATURE"},
+    MISSING: {"NO_SUCH_BUCKET", "NO_SUCH_KEY", "RESOURCE_NOT_FOUND"},
+}  # fmt: skip
+_TRANSIENT_ERRNOS = {errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EPIPE,
+                     errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EAGAIN}  # fmt: skip
+
+
+def storage_fault(exc: BaseException) -> str | None:
+    """What kind of storage failure `exc` is (TRANSIENT, DENIED, MISSING, FAILED), or None
+    when it is not one: the bytes themselves are bad (not Parquet, a corrupt page). The one
+    classifier of storage errors. pyarrow raises a plain OSError for both kinds, so S3
+    errors are told by the SDK's code in the message (`AWS Error SLOW_DOWN during GetObject
+    ...`; an answer without a body has only `AWS Error UNKNOWN (HTTP status 503)`), local
+    ones by their errno; a corrupt file's error has neither."""
+    if isinstance(exc, StorageError):  # already classified: keep the cause's kind
+        return (storage_fault(exc.__cause__) if exc.__cause__ is not None else None) or FAILED
+    text = str(exc)
+    if (code := _AWS_ERROR.search(text)) is not None:
+        for kind, codes in _AWS_KINDS.items():
+            if code.group(1) in codes:
+                return kind
+        status = int(match.group(1)) if (match := _HTTP_STATUS.search(text)) else 0
+        if status in (408, 429) or status >= 500:
+            return TRANSIENT
+        return {401: DENIED, 403: DENIED, 404: MISSING}.get(status, FAILED)
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return TRANSIENT
+    if isinstance(exc, PermissionError):
+        return DENIED
+    if isinstance(exc, FileNotFoundError):
+        return MISSING
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return TRANSIENT if exc.errno in _TRANSIENT_ERRNOS else FAILED
+    return None
+
+
+def storage_error(what: str, exc: BaseException, storage: StorageConfig) -> StorageError:
+    """One line naming the location and what to do about the failure."""
+    kind = storage_fault(exc) or FAILED
+    advice = {
+        TRANSIENT: f"object storage kept failing after {max(1, storage.retries)} attempts (storage.retries)",
+        DENIED: "access denied: check the credentials and the bucket policy",
+        MISSING: "not found: check the bucket and the path",
+        FAILED: "object storage failed",
+    }[kind]
+    detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return StorageError(f"{what}: {advice} ({detail})")
+
+
 def retrying(action: Callable[[], T], storage: StorageConfig, what: str) -> T:
-    """Transient object-store errors are retried with exponential backoff; past the budget
-    the run stops with a StorageError that names the location."""
-    attempts = max(1, storage.retries)
-    for attempt in range(1, attempts + 1):
-        try:
-            return action()
-        except (OSError, TimeoutError) as exc:
-            if isinstance(exc, (FileNotFoundError, PermissionError)) or attempt == attempts:
-                if attempt == attempts and not isinstance(exc, (FileNotFoundError, PermissionError)):
-                    raise StorageError(f"{what}: object storage failed after {attempts} attempts: {exc}") from exc
-                raise
-            time.sleep(min(30.0, 0.5 * 2 ** (attempt - 1)))
-    raise AssertionError("unreachable")
+    """Run one storage action, naming `what` when it fails. Transient failures were already
+    retried with backoff, request by request, by the S3 client (`filesystem_for`), so this
+    makes one attempt: what reaches it is final. A storage failure becomes a StorageError
+    (one line, see `storage_error`); a missing file stays a FileNotFoundError, which
+    callers test for, and any other error (bad bytes) passes through unchanged."""
+    try:
+        return action()
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - classified; what is not a storage fault is re-raised
+        if isinstance(exc, StorageError) or storage_fault(exc) is None:
+            raise
+        raise storage_error(what, exc, storage) from exc
