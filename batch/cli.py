@@ -95,6 +95,10 @@ def validate(job_file, input_uris, output_uri, overrides, run_date):
     except (ConfigError, StorageError) as exc:
         click.echo(f"INVALID: {exc}", err=True)
         sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - validate names what is wrong, never with a traceback
+        detail = (str(exc).strip().splitlines() or [""])[0]
+        click.echo(f"INVALID: {job_file}: {type(exc).__name__}: {detail}", err=True)
+        sys.exit(1)
     for note in notes:
         click.echo(note)
     for problem in problems:

@@ -24,12 +24,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import pyarrow as pa
+
 from batch.cache import row_cache_identity
 from batch.config import ConfigError, JobConfig
 from batch.infer import models
 from batch.infer.engine import EngineSpec, batch_size_for, resolve_engine_settings
 from batch.infer.stage import InferenceStage, StageSpec
-from batch.io.read import BadInput, InputFile, make_reader, plan_inputs, read_slices
+from batch.faults import fault_point
+from batch.io.read import BadInput, InputFile, make_reader, output_schema, plan_inputs, read_slices
 from batch.io.storage import Location
 from batch.io.write import FileProgress, Output, job_fingerprint, make_part_writer
 from batch.parse import ParseStage
@@ -168,12 +171,16 @@ def run(
             committed[file.uri] = output.commit(progress.pop(file.uri))
 
     if progress:
-        _process(job, output, run_id, progress, committed, summary, ray_address, echo)
+        # one schema for the whole output: planned over every input, committed ones included
+        union = output_schema(files)
+        _process(job, output, run_id, progress, committed, union, summary, ray_address, echo)
 
     # check and publish
     missing = [uri for uri in (f.uri for f in files) if uri not in committed]
     if missing:
         raise RunFailed(f"{len(missing)} input files were not fully written (first: {missing[0]}); rerun to resume")
+    unreadable = _unreadable_inputs(bad_inputs, committed)
+    summary.add_unreadable(unreadable, files)
     summary.finish(committed.values(), started)
     if summary.row_error_rate > job.max_row_error_rate:
         raise RunFailed(
@@ -185,10 +192,13 @@ def run(
         "run_id": run_id,
         "fingerprint": output.fingerprint,
         "rows": summary.rows_out,
-        "inputs": [{"uri": r["source"], "rows": r["rows"], "size": r["size"]} for r in committed.values()],
-        "unreadable_inputs": [dataclasses.asdict(bad) for bad in bad_inputs],
-    }
-    summary.status = "published" if not bad_inputs else "published with unreadable inputs"
+        "inputs": [
+            {"uri": r["source"], "rows": r["rows"], "size": r["size"]}
+            for r in committed.values() if not r.get("unreadable")
+        ],
+        "unreadable_inputs": unreadable,
+    }  # fmt: skip
+    summary.status = "published" if not unreadable else "published with unreadable inputs"
     output.publish(list(committed.values()), manifest, summary.to_dict())
     return summary
 
@@ -199,6 +209,7 @@ def _process(
     run_id: str,
     progress: dict[str, FileProgress],
     committed: dict[str, dict],
+    union: pa.Schema | None,
     summary: RunSummary,
     ray_address: str | None,
     echo: Callable[[str], None],
@@ -228,7 +239,7 @@ def _process(
         compute=ray.data.ActorPoolStrategy(size=job.engine.text_workers or job.engine.replicas),
         num_cpus=TEXT_STAGE_CPUS,
     )
-    dataset = ray.data.from_items(read_slices(files), override_num_blocks=max(1, len(files)))
+    dataset = ray.data.from_items(read_slices(files, union), override_num_blocks=max(1, len(files)))
     dataset = dataset.map_batches(
         make_reader(job.input, job.storage), batch_size=1, batch_format="pyarrow", num_cpus=TEXT_STAGE_CPUS
     )
@@ -271,23 +282,52 @@ def _process(
 
 def _consume(records, progress, committed, output: Output, summary: RunSummary, total: int, echo) -> None:
     """The driver's loop over write records: count rows per input file, commit each file
-    as soon as all its rows are written, report progress."""
+    as soon as all its rows are written, quarantine a file the reader could not read to its
+    end, report progress."""
     done, last_report, t0 = 0, 0.0, time.time()
     for record in records:
         if summary.seconds_to_first_row is None:
             summary.seconds_to_first_row = round(time.time() - summary.started, 2)
-        file_progress = progress[record["source"]]
-        file_progress.parts.append(record["part"])
-        file_progress.rows += record["rows"]
-        file_progress.counts = dict(Counter(file_progress.counts) + Counter(json.loads(record["counts"])))
-        done += record["rows"]
-        if file_progress.complete:
-            committed[record["source"]] = output.commit(file_progress)
+        file_progress = progress.get(record["source"])
+        if file_progress is None:  # a file quarantined earlier in this run: its other parts are dropped
+            continue
+        if (reason := record["unreadable"]) is not None:
+            done += file_progress.file.rows - file_progress.rows
+            committed[record["source"]] = _quarantine(progress.pop(record["source"]), reason, output, echo)
+            fault_point("commit.after_file")
+        else:
+            file_progress.parts.append(record["part"])
+            file_progress.rows += record["rows"]
+            file_progress.counts = dict(Counter(file_progress.counts) + Counter(json.loads(record["counts"])))
+            done += record["rows"]
+            if file_progress.complete:
+                committed[record["source"]] = output.commit(progress.pop(record["source"]))
+                fault_point("commit.after_file")
         now = time.time()
         if now - last_report > 10 or done == total:
             rate = done / max(now - t0, 1e-9)
             echo(f"progress: {done}/{total} rows ({done / max(total, 1):.0%}), {rate:.1f} rows/s")
             last_report = now
+
+
+def _quarantine(file_progress: FileProgress, reason: str, output: Output, echo) -> dict:
+    """A file whose bytes failed to read: none of its rows publish (a file is all or
+    nothing; parts already staged stay in staging). Its commit record carries the reason
+    and the footer's row count, so a rerun does not read it again and the manifest lists it."""
+    file = file_progress.file
+    echo(f"  unreadable input {file.uri}: {reason} ({file.rows} rows; none published)")
+    return output.commit(FileProgress(file, rows=file.rows, unreadable=reason))
+
+
+def _unreadable_inputs(bad_inputs: list[BadInput], committed: dict[str, dict]) -> list[dict]:
+    """Every input whose rows are not in the output, with the reason and its row count (None
+    when even the footer could not be read): found at planning, or quarantined by the read."""
+    found = [dataclasses.asdict(bad) for bad in bad_inputs]
+    found += [
+        {"uri": r["source"], "reason": r["unreadable"], "rows": r["rows"]}
+        for r in committed.values() if r.get("unreadable")
+    ]  # fmt: skip
+    return sorted(found, key=lambda item: item["uri"])
 
 
 def _root_cause(exc: BaseException) -> str:

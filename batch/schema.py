@@ -22,6 +22,9 @@ SKIP_REASON = "skip_reason"
 RUN_ID = "run_id"
 SOURCE_FILE = "__source_file"  # internal: which input file a row came from; dropped before writing
 TEXT_ERROR = "__text_error"  # internal: why a row's text cannot be used (set by the reader); dropped before writing
+# internal: on the one marker row the reader yields for a file whose bytes failed to read,
+# the reason (null on every other row); the writer turns the marker into an "unreadable" record
+READ_ERROR = "__read_error"
 # internal per-row usage, summed into the run summary and dropped before writing
 REQUESTS, INPUT_TOKENS, OUTPUT_TOKENS = "__requests", "__input_tokens", "__output_tokens"
 CACHE_HITS = "__cache_hits"

@@ -18,7 +18,7 @@ class RunSummary:
     started: float = field(default_factory=time.time, repr=False)
     input_files: int = 0
     input_files_resumed: int = 0
-    unreadable_inputs: list[dict[str, str]] = field(default_factory=list)
+    unreadable_inputs: list[dict[str, Any]] = field(default_factory=list)  # uri, reason, rows (None: unknown)
     rows_in: int = 0
     rows_out: int = 0
     rows_annotated: int = 0
@@ -38,8 +38,14 @@ class RunSummary:
     def add_plan(self, files, bad_inputs, committed: dict) -> None:
         self.input_files = len(files) + len(bad_inputs)
         self.input_files_resumed = len(committed)
-        self.unreadable_inputs = [{"uri": bad.uri, "reason": bad.reason} for bad in bad_inputs]
         self.rows_in = sum(file.rows for file in files)
+
+    def add_unreadable(self, unreadable: list[dict[str, Any]], files) -> None:
+        """Inputs whose rows are not in the output (uri, reason, rows); `rows_in` counts the
+        rows of the other files only, so it can equal `rows_out`."""
+        self.unreadable_inputs = unreadable
+        left_out = {item["uri"] for item in unreadable}
+        self.rows_in = sum(file.rows for file in files if file.uri not in left_out)
 
     def finish(self, commits: Iterable[dict], started: float) -> None:
         counts: Counter = Counter()
@@ -77,7 +83,8 @@ class RunSummary:
         for reason, n in self.skipped.items():
             lines.append(f"  skipped ({reason}): {n}")
         for bad in self.unreadable_inputs:
-            lines.append(f"  unreadable input {bad['uri']}: {bad['reason']}")
+            rows = "rows unknown" if bad["rows"] is None else f"{bad['rows']} rows"
+            lines.append(f"  unreadable input {bad['uri']}: {bad['reason']} ({rows})")
         lines.append(
             f"  engine: {self.requests_inferred} requests ({self.cache_hits} more answered by the result cache, "
             f"{self.cached_rows} task results of rows taken whole from it), "

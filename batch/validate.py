@@ -3,24 +3,38 @@
 The job file is already typed and validated by `batch.config`; this adds what needs the
 storage: the inputs exist, every file is readable Parquet with the id and text columns
 (text as a string, or binary holding UTF-8), the files agree on column types, and the
-output location is writable. Duplicate ids are reported (reading only the id column), as
-a note: every input row is kept, so the output has an id as many times as the input.
+output location is writable. Every page of every file is read (column by column, row
+group by row group, so memory holds one column chunk), because a file whose footer is
+fine can still have a corrupt page: such a file is a problem, named with its row count.
+Duplicate ids are reported (from the id column read on the way), as a note: every input
+row is kept, so the output has an id as many times as the input.
 """
 
 from __future__ import annotations
 
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batch.config import JobConfig
-from batch.io.read import output_schema, plan_inputs
-from batch.io.storage import Location
+from batch.io.read import InputFile, output_schema, plan_inputs, unreadable_reason
+from batch.io.storage import Location, storage_error, storage_fault
 
 DUPLICATE_EXAMPLES = 5
+
+
+@dataclass
+class FileRead:
+    """What reading every page of one input file found."""
+
+    file: InputFile
+    ids: pa.ChunkedArray | None = None
+    text_type: pa.DataType | None = None  # as stored; None when the file has no text column
+    problem: str | None = None
 
 
 def validate_job_inputs(job: JobConfig) -> tuple[list[str], list[str]]:
@@ -37,49 +51,66 @@ def validate_job_inputs(job: JobConfig) -> tuple[list[str], list[str]]:
         if job.input.columns:
             if absent := [c for c in job.input.columns if c not in file.columns]:
                 problems.append(f"{file.uri}: input.columns names columns it lacks: {', '.join(absent)}")
-    type_problems, type_notes = _text_types(job, files)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        reads = list(pool.map(lambda file: _read_every_page(job, file), files))
+    problems += [read.problem for read in reads if read.problem]
+    readable = [read for read in reads if not read.problem]
+    type_problems, type_notes = _text_types(job, readable)
     problems += type_problems
     problems += _writable(job)
     rows = sum(file.rows for file in files)
     notes = [f"inputs: {len(files) + len(bad_inputs)} Parquet files, {rows} rows", f"output: {job.output.uri}"]
     notes += [f"task {name}: model {cfg.model}" for name, cfg in job.enabled_tasks().items()]
-    notes += type_notes + _duplicate_ids(job, files)
+    notes += type_notes + _duplicate_ids(job, readable)
     return problems, notes
 
 
-def _text_types(job: JobConfig, files) -> tuple[list[str], list[str]]:
-    problems, notes = [], []
-    for file in files:
-        if job.input.text_column not in file.columns:
-            continue
-        location = Location(file.uri, job.storage)
+def _read_every_page(job: JobConfig, file: InputFile) -> FileRead:
+    """Decode every page of the file, one column chunk at a time, keeping only the ids. A
+    storage failure is named as one; anything else means the file's bytes are bad."""
+    location = Location(file.uri, job.storage)
+    try:
         with location.fs.open_input_file(location.path) as handle:
-            field = pq.ParquetFile(handle).schema_arrow.field(job.input.text_column)
-        type_ = field.type.value_type if pa.types.is_dictionary(field.type) else field.type
+            parquet = pq.ParquetFile(handle, page_checksum_verification=True)
+            stored = parquet.schema_arrow
+            text_type = stored.field(job.input.text_column).type if job.input.text_column in stored.names else None
+            id_chunks: list[pa.Array] = []
+            for group in range(parquet.num_row_groups):
+                for name in stored.names:
+                    column = parquet.read_row_group(group, columns=[name]).column(0)
+                    if name == job.input.id_column:
+                        id_chunks.extend(column.chunks)
+        ids = pa.chunked_array(id_chunks, type=stored.field(job.input.id_column).type)
+        return FileRead(file, ids, text_type)
+    except Exception as exc:  # noqa: BLE001 - whatever the bytes or the store do, it is this file's problem line
+        if storage_fault(exc) is not None:
+            return FileRead(file, problem=str(storage_error(file.uri, exc, job.storage)))
+        return FileRead(file, problem=f"{file.uri}: {unreadable_reason(exc)} ({file.rows} rows)")
+
+
+def _text_types(job: JobConfig, reads: list[FileRead]) -> tuple[list[str], list[str]]:
+    problems, notes = [], []
+    name = job.input.text_column
+    for read in reads:
+        if read.text_type is None:
+            continue
+        type_ = read.text_type.value_type if pa.types.is_dictionary(read.text_type) else read.text_type
         if pa.types.is_binary(type_) or pa.types.is_large_binary(type_):
             notes.append(
-                f"{file.uri}: text column {field.name!r} is binary: decoded as UTF-8, a row that is not gets an error"
+                f"{read.file.uri}: text column {name!r} is binary: decoded as UTF-8, a row that is not gets an error"
             )
         elif not (pa.types.is_string(type_) or pa.types.is_large_string(type_) or pa.types.is_null(type_)):
-            problems.append(f"{file.uri}: text column {field.name!r} has type {field.type}, expected string")
+            problems.append(f"{read.file.uri}: text column {name!r} has type {read.text_type}, expected string")
     return problems, notes
 
 
-def _duplicate_ids(job: JobConfig, files) -> list[str]:
+def _duplicate_ids(job: JobConfig, reads: list[FileRead]) -> list[str]:
     """A note on ids found more than once across all files: their count and a few examples."""
-    id_column = job.input.id_column
-
-    def ids(file) -> pa.ChunkedArray:
-        location = Location(file.uri, job.storage)
-        with location.fs.open_input_file(location.path) as handle:
-            return pq.read_table(handle, columns=[id_column]).column(0)
-
-    if not files:
+    if not reads:
         return []
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        columns = list(pool.map(ids, files))
-    id_type = output_schema(files).field(id_column).type  # the files' id types, widened to one
-    counts = pc.value_counts(pa.chunked_array([c.cast(id_type) for c in columns], type=id_type).drop_null())
+    id_type = output_schema([read.file for read in reads]).field(job.input.id_column).type  # widened to one
+    columns = [read.ids.cast(id_type) for read in reads]
+    counts = pc.value_counts(pa.chunked_array([c for column in columns for c in column.chunks], type=id_type).drop_null())
     repeated = counts.filter(pc.greater(counts.field("counts"), 1))
     if not len(repeated):
         return []

@@ -21,12 +21,16 @@ are published, and the exit status is 2.
 | a column only some files have (extra or missing) | the output schema is the union of the input files' columns: rows of a file without the column have null in it |
 | text column of another type (int64) | every row: `error` `<task>: text column 'text' has type int64, expected string`; the values published as text ("7") |
 | no text column | every row: `error` `<task>: no text column 'text' in this file` |
-| truncated (corrupt) Parquet file | unreadable: in manifest and summary with the reason; other files published; exit 2 |
+| truncated Parquet file (no footer) | unreadable: in manifest and summary with the reason, rows unknown (null); other files published; exit 2 |
+| not Parquet at all (text named `.parquet`) | unreadable, like a truncated file |
+| footer fine, a page header corrupt in the second row group (fails mid-file, after 4096 rows were read and written) | unreadable, with the footer's row count; none of its rows published (a file is all or nothing) |
+| footer fine, a page's zstd payload corrupt (decompression fails) | unreadable, with the footer's row count |
 | duplicate ids | every input row kept once and annotated: an id appears in the output as often as in the input |
 | prompt injection | the sentiment label is one of the job's labels (constrained decoding) |
 
-`validate` finds, without any engine: the corrupt file, the non-string text column, the
-missing text column (problems, exit 1), and duplicate ids and binary text (notes).
+`validate` finds, without any engine and without a traceback: every unreadable file
+(it reads every page, so the corrupt pages too), the non-string text column, the missing
+text column (problems, exit 1), and duplicate ids and binary text (notes).
 """
 
 from __future__ import annotations
@@ -90,9 +94,34 @@ def file_a() -> list[dict]:
     return out
 
 
+# the files no reader can read to the end: stem -> rows the footer knows (None: no footer)
+UNREADABLE = {"g-truncated": None, "i-corrupt-page": 5000, "j-not-parquet": None, "k-corrupt-zstd": 3}
+
+
+def corrupt_page_header(path: Path, row_group: int, column: str) -> None:
+    """Overwrite the header of a column chunk's first page: the footer stays valid, reading
+    that chunk fails (`Couldn't deserialize thrift`)."""
+    parquet = pq.ParquetFile(path)
+    chunk = parquet.metadata.row_group(row_group).column(parquet.schema_arrow.names.index(column))
+    offset = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
+    data = bytearray(path.read_bytes())
+    data[offset : offset + 8] = b"\xff" * 8
+    path.write_bytes(bytes(data))
+
+
+def corrupt_zstd_payload(path: Path, column: str) -> None:
+    """Break the zstd frame of a page's payload (its header stays fine): decompression fails."""
+    parquet = pq.ParquetFile(path)
+    chunk = parquet.metadata.row_group(0).column(parquet.schema_arrow.names.index(column))
+    data = bytearray(path.read_bytes())
+    at = data.index(b"\x28\xb5\x2f\xfd", chunk.data_page_offset, chunk.data_page_offset + chunk.total_compressed_size)
+    data[at : at + 4] = b"\x00" * 4
+    path.write_bytes(bytes(data))
+
+
 def build_corpus(folder: Path) -> dict[str, list[dict]]:
-    """The corpus, file by file: file stem -> the rows written to it. Besides those, a
-    truncated copy of file a (`g-truncated`) that no reader can open."""
+    """The corpus, file by file: file stem -> the rows written to it. Besides those, the
+    files in UNREADABLE, whose rows are never published."""
     folder.mkdir(parents=True)
     files: dict[str, list[dict]] = {}
 
@@ -139,6 +168,21 @@ def build_corpus(folder: Path) -> dict[str, list[dict]]:
     # no text column at all
     files["h-no-text"] = rows = [{"post_id": "h-1", "body": "the text is in another column"}]
     pq.write_table(pa.Table.from_pylist(rows), folder / "h-no-text.parquet")
+
+    # footer fine, the second row group's text page corrupt: the first 4096 rows (null
+    # text: no engine work) are read and written before the read fails
+    table = pa.table({"post_id": [f"i-{n}" for n in range(5000)],
+                      "text": [None] * 4500 + [f"post {n}" for n in range(500)]})  # fmt: skip
+    pq.write_table(table, folder / "i-corrupt-page.parquet", row_group_size=4500, compression="none")
+    corrupt_page_header(folder / "i-corrupt-page.parquet", row_group=1, column="text")
+
+    # not Parquet at all
+    (folder / "j-not-parquet.parquet").write_text("post_id,text\nj-1,a CSV file named .parquet\n")
+
+    # footer fine, a zstd page that does not decompress
+    table = pa.table({"post_id": ["k-1", "k-2", "k-3"], "text": ["one post", "another post", "a third"]})
+    pq.write_table(table, folder / "k-corrupt-zstd.parquet", compression="zstd", use_dictionary=False)
+    corrupt_zstd_payload(folder / "k-corrupt-zstd.parquet", column="text")
     return files
 
 
@@ -165,7 +209,7 @@ def published_by_file(out: Path, stems) -> dict[str, list[dict]]:
     the input file's stem)."""
     grouped: dict[str, list[dict]] = {stem: [] for stem in stems}
     for path in sorted(out.glob("*.parquet")):
-        (stem,) = [stem for stem in stems if path.name.startswith(stem + "-")]
+        (stem,) = [stem for stem in stems if path.name.startswith(stem + "-")]  # none of an unreadable file
         grouped[stem] += pq.read_table(path).to_pylist()
     return grouped
 
@@ -175,12 +219,16 @@ def test_validate_finds_bad_input_without_an_engine(tmp_path):
     job = write_job(tmp_path / "job.yaml", job_definition(str(tmp_path / "in"), str(tmp_path / "out"), "unused"))
     result = run_cli("validate", str(job))
     assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
     problems = [line for line in result.stderr.splitlines() if line.startswith("problem: ")]
-    assert len(problems) == 3, result.stderr
-    assert any(re.search(r"g-truncated\.parquet: not a readable Parquet file", p) for p in problems)
+    assert len(problems) == 6, result.stderr
+    for stem in UNREADABLE:
+        assert any(re.search(rf"{stem}\.parquet: not a readable Parquet file", p) for p in problems), stem
+    assert any(re.search(r"i-corrupt-page\.parquet: .*Couldn't deserialize thrift.* \(5000 rows\)", p) for p in problems)
+    assert any(re.search(r"k-corrupt-zstd\.parquet: .*ZSTD decompression failed.* \(3 rows\)", p) for p in problems)
     assert any("e-int-text.parquet: text column 'text' has type int64, expected string" in p for p in problems)
     assert any("h-no-text.parquet: no text column 'text'; its columns: post_id, body" in p for p in problems)
-    assert "INVALID: 3 problem(s)" in result.stderr
+    assert "INVALID: 6 problem(s)" in result.stderr
     # notes: binary text is readable; duplicate ids are counted, with examples
     assert "d-binary-text.parquet: text column 'text' is binary" in result.stdout
     assert (
@@ -205,7 +253,7 @@ def test_conflicting_column_types_stop_before_any_engine(tmp_path):
 
 
 def test_bad_input_has_a_defined_outcome(models, tmp_path):
-    """One run over eight files holding every bad input; each case's outcome is checked row
+    """One run over twelve files holding every bad input; each case's outcome is checked row
     by row (the table in the module docstring).
 
     Lone surrogates: Arrow strings are always valid UTF-8 (`pa.array(["\\ud800"])` raises),
@@ -227,21 +275,26 @@ def test_bad_input_has_a_defined_outcome(models, tmp_path):
 def check_outcomes(result, out: Path, inputs: dict[str, list[dict]], model: str) -> None:
     log = f"STDOUT:\n{result.stdout[-4000:]}\nSTDERR:\n{result.stderr[-6000:]}"
 
-    # the corrupt file is unreadable: exit 2, everything else published
+    # the unreadable files: exit 2, each listed with its reason and rows, everything else published
     assert result.returncode == 2, log
     assert "PARTIAL: published with unreadable inputs" in result.stdout, log
+    assert "Traceback" not in result.stdout + result.stderr, log
     assert (out / "_SUCCESS").exists()
     manifest = json.loads((out / "_manifest.json").read_text())
     summary = json.loads((out / "_summary.json").read_text())
-    (unreadable,) = manifest["unreadable_inputs"]
-    assert unreadable["uri"].endswith("g-truncated.parquet")
-    assert unreadable["reason"].startswith("not a readable Parquet file")
-    assert summary["unreadable_inputs"] == [{"uri": unreadable["uri"], "reason": unreadable["reason"]}]
-    assert "unreadable input" in result.stdout and "g-truncated.parquet" in result.stdout
+    unreadable = {Path(item["uri"]).stem: item for item in manifest["unreadable_inputs"]}
+    assert {stem: item["rows"] for stem, item in unreadable.items()} == UNREADABLE
+    for stem, item in unreadable.items():
+        assert item["reason"].startswith("not a readable Parquet file"), item
+        assert re.search(rf"unreadable input \S*{stem}\.parquet: not a readable Parquet file", result.stdout), stem
+    assert "Couldn't deserialize thrift" in unreadable["i-corrupt-page"]["reason"]
+    assert "ZSTD decompression failed" in unreadable["k-corrupt-zstd"]["reason"]
+    assert summary["unreadable_inputs"] == manifest["unreadable_inputs"]
+    assert not [path for path in out.glob("*.parquet") if path.name.startswith(tuple(UNREADABLE))]
 
     # every readable file is an input, the zero-row one included; every row is out once
     n_rows = sum(len(rows) for rows in inputs.values())
-    assert summary["input_files"] == len(inputs) + 1  # + the unreadable one
+    assert summary["input_files"] == len(inputs) + len(UNREADABLE)
     by_uri = {Path(item["uri"]).stem: item["rows"] for item in manifest["inputs"]}
     assert by_uri == {stem: len(rows) for stem, rows in inputs.items()}
     assert summary["rows_in"] == summary["rows_out"] == manifest["rows"] == n_rows

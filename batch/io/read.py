@@ -10,6 +10,13 @@ together, and a batch has one schema, so every block leaves the reader in the sa
 (`output_schema`): the union of the files' columns, a file lacking a column gets nulls in
 it, types widened where they combine (int32 and int64 -> int64), the text column always
 `string` with the per-row reason its text cannot be used (`schema.normalize_text`).
+
+A file whose bytes fail to read (a corrupt page, bad compression, cut short) is not fatal:
+the read stage yields one marker row for it (`schema.READ_ERROR`) that the later stages
+pass through without work and the writer turns into an "unreadable" record, so the driver
+quarantines the whole file and the other files publish. A storage failure (access denied,
+the store failing past its retries) is not the file's fault: it stops the run, naming the
+URI (`storage.storage_fault` tells the two apart).
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import pyarrow.parquet as pq
 
 from batch import schema
 from batch.config import ConfigError, InputConfig, StorageConfig
-from batch.io.storage import Location, expand_input
+from batch.io.storage import Location, expand_input, storage_error, storage_fault
 
 READ_BATCH_ROWS = 4096  # rows per block handed downstream; bounds memory per read task
 
@@ -47,12 +54,14 @@ class BadInput:
 
     uri: str
     reason: str
+    rows: int | None = None  # from the footer; None when even the footer cannot be read
 
 
 def plan_inputs(config: InputConfig, storage: StorageConfig) -> tuple[list[InputFile], list[BadInput]]:
     """Every input file with its footer facts; files that cannot be used are returned as
     BadInput with the reason (corrupt, id column missing). Raises ConfigError when two
-    files give a column types that do not combine (see `output_schema`)."""
+    files give a column types that do not combine (see `output_schema`), StorageError when
+    the store fails (access denied, past its retries): that is not the file's fault."""
     uris: list[tuple[str, int]] = []
     for i, uri in enumerate(config.uris):
         found = expand_input(uri, storage)
@@ -105,12 +114,15 @@ def _inspect(uri: str, size: int, config: InputConfig, storage: StorageConfig) -
             metadata = pq.ParquetFile(handle).metadata
             arrow_schema = metadata.schema.to_arrow_schema()
             names = tuple(arrow_schema.names)
-    except (pa.ArrowInvalid, OSError) as exc:
-        return BadInput(uri, f"not a readable Parquet file: {exc}")
+    except Exception as exc:  # noqa: BLE001 - a storage failure stops the run; any other is the file's bytes
+        if storage_fault(exc) is not None:
+            raise storage_error(uri, exc, storage) from exc
+        return BadInput(uri, unreadable_reason(exc))
     if config.id_column not in names:
-        return BadInput(uri, f"no id column {config.id_column!r}; its columns: {', '.join(names)}")
+        return BadInput(uri, f"no id column {config.id_column!r}; its columns: {', '.join(names)}", metadata.num_rows)
     if reserved := [name for name in names if name.startswith("__")]:
-        return BadInput(uri, f"column names starting with '__' are reserved for the job: {', '.join(reserved)}")
+        reason = f"column names starting with '__' are reserved for the job: {', '.join(reserved)}"
+        return BadInput(uri, reason, metadata.num_rows)
     row_groups = tuple(metadata.row_group(i).num_rows for i in range(metadata.num_row_groups))
     read_schema = pa.schema([pa.field(f.name, f.type) for f in arrow_schema if f.name != config.text_column])
     text_field = pa.field(config.text_column, pa.string())
@@ -123,11 +135,18 @@ def _inspect(uri: str, size: int, config: InputConfig, storage: StorageConfig) -
     )
 
 
-def read_slices(files: list[InputFile], rows_per_slice: int = 65_536) -> list[dict]:
+def unreadable_reason(exc: BaseException) -> str:
+    """Why a file's bytes cannot be read, in one line."""
+    detail = (str(exc).strip().splitlines() or [""])[0]
+    detail = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in detail)  # thrift echoes raw bytes
+    return f"not a readable Parquet file: {type(exc).__name__}: {detail}"
+
+
+def read_slices(files: list[InputFile], union: pa.Schema | None, rows_per_slice: int = 65_536) -> list[dict]:
     """Split files into runs of whole row groups of about `rows_per_slice` rows: the unit
-    of one read task. Each slice carries the schema its rows leave the reader in (the union
-    over these files: on a resume, over the files still to do)."""
-    union = output_schema(files)
+    of one read task. Each slice carries the schema its rows leave the reader in: `union`,
+    which the caller plans over every input file (`output_schema`), those committed by an
+    earlier attempt included, so that every part of one output has one schema."""
     target = union.serialize().to_pybytes() if union is not None else None
     slices = []
     for file in files:
@@ -148,25 +167,36 @@ def make_reader(config: InputConfig, storage: StorageConfig):
     def read(slices: pa.Table) -> Iterator[pa.Table]:
         for item in slices.to_pylist():
             started = time.perf_counter()
-            for table in _read_slice(item, config, storage):
+            for table in _read_slice_or_marker(item, config, storage):
                 yield schema.charge_busy_time(table, schema.READ_MS, started)
                 started = time.perf_counter()
 
     return read
 
 
+def _read_slice_or_marker(item: dict, config: InputConfig, storage: StorageConfig) -> Iterator[pa.Table]:
+    """The slice's rows; if the file's bytes fail at any point (page, decompression, cut
+    short), one marker row after whatever was yielded: the driver then drops the file's
+    rows of this attempt, so a file is published all or nothing."""
+    try:
+        yield from _read_slice(item, config, storage)
+    except Exception as exc:  # noqa: BLE001 - a storage failure stops the run; any other is the file's bytes
+        if storage_fault(exc) is not None:
+            raise storage_error(item["uri"], exc, storage) from exc
+        yield _unreadable_marker(item, config, unreadable_reason(exc))
+
+
 def _read_slice(item: dict, config: InputConfig, storage: StorageConfig) -> Iterator[pa.Table]:
     location = Location(item["uri"], storage)
-    target = pa.ipc.read_schema(pa.py_buffer(item["schema"])) if item.get("schema") else None
+    target = _block_schema(item, config)
     with location.fs.open_input_file(location.path) as handle:
-        parquet = pq.ParquetFile(handle)
+        # pages written with a CRC are checked: a flipped byte is caught, not published
+        parquet = pq.ParquetFile(handle, page_checksum_verification=True)
         names = parquet.schema_arrow.names
         columns = None
         if config.columns is not None:
             wanted = [config.id_column, config.text_column, *config.columns]
             columns = [name for name in dict.fromkeys(wanted) if name in names]
-            if target is not None:
-                target = pa.schema([f for f in target if f.name in wanted])
         groups = list(range(item["first_group"], item["end_group"]))
         if not groups:  # a zero-row file: nothing to yield, and nothing is lost
             return
@@ -175,8 +205,37 @@ def _read_slice(item: dict, config: InputConfig, storage: StorageConfig) -> Iter
             # column: the rows still flow, and each gets an error saying so).
             table = schema.normalize_text(pa.Table.from_batches([record_batch]), config.text_column)
             if target is not None:
-                table = _conform(table, target.append(pa.field(schema.TEXT_ERROR, pa.string())))
-            yield table.append_column(schema.SOURCE_FILE, pa.array([item["uri"]] * table.num_rows, pa.string()))
+                table = _conform(table, target)
+            yield _tag(table, item["uri"], read_error=None)
+
+
+def _block_schema(item: dict, config: InputConfig) -> pa.Schema | None:
+    """The slice's union schema, projected to `input.columns`, with the text's error."""
+    if not item.get("schema"):
+        return None
+    target = pa.ipc.read_schema(pa.py_buffer(item["schema"]))
+    if config.columns is not None:
+        wanted = {config.id_column, config.text_column, *config.columns}
+        target = pa.schema([f for f in target if f.name in wanted])
+    return target.append(pa.field(schema.TEXT_ERROR, pa.string()))
+
+
+def _unreadable_marker(item: dict, config: InputConfig, reason: str) -> pa.Table:
+    """One row in the blocks' schema, nulls but for its file and the reason. Its text error
+    makes prepare plan no request for it (a RowError), so infer and parse pass it through."""
+    target = _block_schema(item, config) or pa.schema(
+        [pa.field(config.text_column, pa.string()), pa.field(schema.TEXT_ERROR, pa.string())]
+    )
+    marker = pa.Table.from_arrays([pa.nulls(1, f.type) for f in target], schema=target)
+    marker = schema.set_column(marker, pa.field(schema.TEXT_ERROR, pa.string()), [f"unreadable input file: {reason}"])
+    return _tag(marker, item["uri"], read_error=reason)
+
+
+def _tag(table: pa.Table, uri: str, read_error: str | None) -> pa.Table:
+    """Every block carries its source file and the read error column (null but in a
+    marker): one schema for all blocks."""
+    table = table.append_column(schema.SOURCE_FILE, pa.array([uri] * table.num_rows, pa.string()))
+    return table.append_column(schema.READ_ERROR, pa.array([read_error] * table.num_rows, pa.string()))
 
 
 def _conform(table: pa.Table, target: pa.Schema) -> pa.Table:

@@ -47,27 +47,41 @@ def file_key(uri: str) -> str:
 
 def make_part_writer(staging: Location, run_id: str):
     """The write stage: a Ray Data `map_batches` function that writes each batch's rows, one
-    Parquet part per source file, and returns one small record per part for the driver."""
+    Parquet part per source file, and returns one small record per part for the driver. A
+    file the reader could not read to its end (a marker row, `schema.READ_ERROR`) gets an
+    `unreadable` record instead, and none of its rows in this batch are written."""
 
     def write(batch: pa.Table) -> pa.Table:
         started = time.perf_counter()
         records = []
+        unreadable = _unreadable_sources(batch)
         sources = batch.column(schema.SOURCE_FILE)
         for source in sources.unique().to_pylist():
+            if source in unreadable:
+                records.append({"source": source, "part": None, "rows": 0, "counts": {}, "unreadable": unreadable[source]})
+                continue
             rows = batch.filter(pc.equal(sources, source))
             counts = schema.outcome_counts(rows)
             rows = rows.drop_columns(schema.internal_columns(rows))
             rows = schema.set_column(rows, pa.field(schema.RUN_ID, pa.string()), [run_id] * rows.num_rows)
             part = staging.join("parts", file_key(source), f"{uuid.uuid4().hex}.parquet")
             retrying(lambda: _write_parquet(rows, part), staging.storage, part.uri)
-            records.append({"source": source, "part": part.uri, "rows": rows.num_rows, "counts": counts})
-        if records:  # charged once per batch
-            records[0]["counts"]["write_ms"] = int((time.perf_counter() - started) * 1000)
+            records.append({"source": source, "part": part.uri, "rows": rows.num_rows, "counts": counts, "unreadable": None})
+        if parts := [record for record in records if record["part"]]:  # charged once per batch
+            parts[0]["counts"]["write_ms"] = int((time.perf_counter() - started) * 1000)
         for record in records:
             record["counts"] = json.dumps(record["counts"])
         return pa.Table.from_pylist(records, schema=PART_RECORD)
 
     return write
+
+
+def _unreadable_sources(batch: pa.Table) -> dict[str, str]:
+    """Source file -> reason, for the files whose marker row is in this batch."""
+    if schema.READ_ERROR not in batch.column_names:
+        return {}
+    markers = batch.filter(pc.is_valid(batch.column(schema.READ_ERROR)))
+    return dict(zip(markers.column(schema.SOURCE_FILE).to_pylist(), markers.column(schema.READ_ERROR).to_pylist()))
 
 
 def _write_parquet(table: pa.Table, target: Location) -> None:
@@ -77,9 +91,12 @@ def _write_parquet(table: pa.Table, target: Location) -> None:
     pq.write_table(table, target.path, filesystem=fs)
 
 
+# One record per staged part; `unreadable` (the reason) marks a file whose bytes failed to
+# read: `part` is null and the driver quarantines the file (batch/pipeline.py `_consume`).
 PART_RECORD = pa.schema(
-    [("source", pa.string()), ("part", pa.string()), ("rows", pa.int64()), ("counts", pa.string())]
-)
+    [("source", pa.string()), ("part", pa.string()), ("rows", pa.int64()), ("counts", pa.string()),
+     ("unreadable", pa.string())]
+)  # fmt: skip
 
 
 @dataclass
@@ -88,6 +105,7 @@ class FileProgress:
     parts: list[str] = field(default_factory=list)
     rows: int = 0
     counts: dict[str, int] = field(default_factory=dict)
+    unreadable: str | None = None  # why the file's bytes failed to read: committed with no parts
 
     @property
     def complete(self) -> bool:
@@ -132,6 +150,7 @@ class Output:
             "rows": progress.rows,
             "parts": progress.parts,
             "counts": progress.counts,
+            "unreadable": progress.unreadable,
         }
         self.staging.join("committed", f"{file_key(progress.file.uri)}.json").write_json(record)
         return record
