@@ -408,3 +408,38 @@ def check_outcomes(result, out: Path, inputs: dict[str, list[dict]], model: str)
     failed = {row["post_id"] for stem in published for row in published[stem] if row["error"] is not None}
     assert failed == {"a-long-en", "a-long-zh", "d-invalid", "d-surrogate", "e-1", "e-2", "h-1"}
     assert summary["rows_failed"] == len(failed)
+
+
+def test_resumed_run_over_drifting_schemas_publishes_one_schema(models, tmp_path):
+    """Two files whose schemas drift: `likes` is int32 in one and int64 in the other, and
+    each has a column the other lacks. The first attempt is killed right after its first
+    file commit (BATCH_FAULT=commit.after_file@1); the plain rerun does the other file. Every
+    published part has the same schema, the union over both files: the rerun plans it over
+    every input, the committed one included, not over the file still to do."""
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    likes32 = pa.array([1, 2], pa.int32())
+    pq.write_table(pa.table({"post_id": ["1", "2"], "text": ["Great coffee.", "Slow train."], "likes": likes32,
+                             "lang": ["en", "en"]}), folder / "one.parquet")  # fmt: skip
+    pq.write_table(pa.table({"post_id": ["3", "4"], "text": ["Nice staff.", "Cold soup."], "likes": [3, 2**40],
+                             "topic": ["shop", "food"]}), folder / "two.parquet")  # fmt: skip
+    definition = job_definition(str(folder), str(out), str(models["chat"]))
+    del definition["tasks"]["translation"]
+    job = write_job(tmp_path / "job.yaml", definition)
+
+    first = run_cli("run", str(job), env={"BATCH_FAULT": "commit.after_file@1"})
+    assert first.returncode == -9, first.stdout + first.stderr  # SIGKILLed at the fault point
+    assert len(list(out.glob("_staging/*/committed/*.json"))) == 1 and not (out / "_SUCCESS").exists()
+
+    second = run_cli("run", str(job))
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "1 already committed, 1 to process" in second.stdout
+    parts = sorted(out.glob("*.parquet"))
+    schemas = {pq.read_schema(path).remove_metadata() for path in parts}
+    assert len(parts) == 2 and len(schemas) == 1, schemas
+    (published,) = schemas
+    assert published.field("likes").type == pa.int64()
+    assert {"lang", "topic"} <= set(published.names)
+    rows = {row["post_id"]: row for row in pq.read_table(out).to_pylist()}
+    assert sorted(rows) == ["1", "2", "3", "4"]
+    assert rows["4"]["likes"] == 2**40 and rows["1"]["topic"] is None and rows["3"]["lang"] is None
