@@ -237,6 +237,35 @@ def test_validate_finds_bad_input_without_an_engine(tmp_path):
     ), result.stdout
 
 
+def test_a_file_failing_mid_read_becomes_one_marker_and_no_part(tmp_path):
+    """The read stage and the part writer on their own (no Ray): the corrupt-page file yields
+    the rows read before the failure, then one marker row in the same schema; the writer
+    turns a batch holding the marker into an `unreadable` record and writes no part of it."""
+    from batch.config import InputConfig, StorageConfig
+    from batch.io.read import make_reader, output_schema, plan_inputs, read_slices
+    from batch.io.storage import Location
+    from batch.io.write import make_part_writer
+
+    build_corpus(tmp_path / "in")
+    config = InputConfig(uris=[str(tmp_path / "in" / "i-corrupt-page.parquet")], id_column="post_id")
+    files, bad = plan_inputs(config, StorageConfig())
+    assert not bad and files[0].rows == 5000
+    slices = pa.Table.from_pylist(read_slices(files, output_schema(files)))
+    blocks = list(make_reader(config, StorageConfig())(slices))
+    assert [block.num_rows for block in blocks] == [4096, 1]
+    assert blocks[0].schema == blocks[1].schema
+    (reason,) = blocks[1].column("__read_error").to_pylist()
+    assert reason.startswith("not a readable Parquet file: OSError: Couldn't deserialize thrift")
+    assert blocks[0].column("__read_error").null_count == 4096
+
+    batch = pa.concat_tables(blocks).append_column("error", pa.nulls(4097, pa.string()))
+    batch = batch.append_column("skip_reason", pa.nulls(4097, pa.string()))
+    staging = Location(str(tmp_path / "staging"), StorageConfig())
+    (record,) = make_part_writer(staging, "run-1")(batch).to_pylist()
+    assert record["unreadable"] == reason and record["part"] is None and record["rows"] == 0
+    assert not (tmp_path / "staging").exists()
+
+
 def test_conflicting_column_types_stop_before_any_engine(tmp_path):
     """A column (other than the text column) whose type differs between files cannot be
     published as one dataset: validate and run both stop, naming the column and the files."""
