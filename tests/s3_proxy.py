@@ -4,7 +4,8 @@ a reset connection) and forwards the others unchanged. What reaches the job is w
 S3 endpoint sends on a bad night; nothing in the job is faked.
 
 A rule matches requests by a substring of their path (and optionally the method) and acts
-on the first `times` of them (None: on all of them); with `alternate`, on every other
+on the first `times` of them (None: on all of them) after letting `after` of them pass;
+with `alternate`, on every other
 request for the same object and byte range, so each request fails once and its retry
 passes, wherever it comes from (the driver's planning, a Ray read task, a writer)."""
 
@@ -37,6 +38,8 @@ class Rule:
     times: int | None = None
     method: str | None = None
     alternate: bool = False
+    after: int = 0
+    passed: int = 0
     hits: int = 0
     seen: dict = field(default_factory=dict)  # (method, path, range) -> requests so far
 
@@ -44,6 +47,9 @@ class Rule:
         if self.path_contains not in path or (self.method and self.method != method):
             return False
         if self.times is not None and self.hits >= self.times:
+            return False
+        if self.passed < self.after:
+            self.passed += 1
             return False
         if self.alternate:
             key = (method, path, byte_range)

@@ -163,3 +163,24 @@ def test_access_denied_fails_the_run_naming_the_uri(s3, proxy, tmp_path):
     result = run_cli("validate", str(job_path))
     assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr
     assert f"INVALID: s3://{denied}: access denied" in result.stderr, result.stderr
+
+
+def test_access_denied_while_reading_fails_the_run_not_the_file(s3, proxy, models, tmp_path):
+    """403 on one input file only once the read tasks open it (its planning, a HEAD and the
+    footer's GET, passes): the run fails naming the URI, exit 1; the file is not quarantined
+    as unreadable and nothing is published."""
+    input_uri = upload(s3, "denied-late-in")
+    s3.bucket("denied-late-out")
+    denied = "denied-late-in/day/c-reset.parquet"
+    proxy.add(Rule(f"/{denied}", "access_denied", after=2))
+    definition = job(input_uri, "s3://denied-late-out/day/", str(models["chat"]), proxy.endpoint)
+    result = run_cli("run", str(write_job(tmp_path / "job.yaml", definition)))
+
+    log = result.stdout + result.stderr
+    assert result.returncode == 1, log
+    assert proxy.answered(403), "the planning must pass and the read fail"
+    (last,) = [line for line in result.stderr.splitlines() if line.startswith("FAILED:")]
+    assert f"s3://{denied}: access denied" in last, last
+    assert "unreadable input" not in log
+    listing = s3.fs.get_file_info(pafs.FileSelector("denied-late-out/day", recursive=True, allow_not_found=True))
+    assert not [info.path for info in listing if "/_staging/" not in info.path]  # nothing published
