@@ -109,8 +109,8 @@ def _duplicate_ids(job: JobConfig, reads: list[FileRead]) -> list[str]:
     if not reads:
         return []
     id_type = output_schema([read.file for read in reads]).field(job.input.id_column).type  # widened to one
-    columns = [read.ids.cast(id_type) for read in reads]
-    counts = pc.value_counts(pa.chunked_array([c for column in columns for c in column.chunks], type=id_type).drop_null())
+    chunks = [chunk for read in reads for chunk in read.ids.cast(id_type).chunks]
+    counts = pc.value_counts(pa.chunked_array(chunks, type=id_type).drop_null())
     repeated = counts.filter(pc.greater(counts.field("counts"), 1))
     if not len(repeated):
         return []

@@ -116,7 +116,8 @@ def _handler(proxy: S3Proxy):
                 return
             if rule is not None:
                 status, code, message = ANSWERS[rule.action]
-                self._answer(status, {"Content-Type": "application/xml"}, ERROR_XML.format(code=code, message=message).encode())
+                body = ERROR_XML.format(code=code, message=message).encode()
+                self._answer(status, {"Content-Type": "application/xml"}, body)
                 return
             self._forward(body)
 

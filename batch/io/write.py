@@ -58,7 +58,8 @@ def make_part_writer(staging: Location, run_id: str):
         sources = batch.column(schema.SOURCE_FILE)
         for source in sources.unique().to_pylist():
             if source in unreadable:
-                records.append({"source": source, "part": None, "rows": 0, "counts": {}, "unreadable": unreadable[source]})
+                reason = unreadable[source]
+                records.append({"source": source, "part": None, "rows": 0, "counts": {}, "unreadable": reason})
                 continue
             rows = batch.filter(pc.equal(sources, source))
             counts = schema.outcome_counts(rows)
@@ -66,7 +67,8 @@ def make_part_writer(staging: Location, run_id: str):
             rows = schema.set_column(rows, pa.field(schema.RUN_ID, pa.string()), [run_id] * rows.num_rows)
             part = staging.join("parts", file_key(source), f"{uuid.uuid4().hex}.parquet")
             retrying(lambda: _write_parquet(rows, part), staging.storage, part.uri)
-            records.append({"source": source, "part": part.uri, "rows": rows.num_rows, "counts": counts, "unreadable": None})
+            record = {"source": source, "part": part.uri, "rows": rows.num_rows, "counts": counts, "unreadable": None}
+            records.append(record)
         if parts := [record for record in records if record["part"]]:  # charged once per batch
             parts[0]["counts"]["write_ms"] = int((time.perf_counter() - started) * 1000)
         for record in records:
