@@ -28,7 +28,7 @@ from batch.cache import row_cache_identity
 from batch.config import ConfigError, JobConfig
 from batch.infer import models
 from batch.infer.engine import EngineSpec, batch_size_for, resolve_engine_settings
-from batch.infer.stage import InferenceStage, StageSpec
+from batch.infer.stage import EngineCallFailed, EngineHealth, InferenceStage, StageSpec
 from batch.io.read import BadInput, InputFile, make_reader, plan_inputs, read_slices
 from batch.io.storage import Location
 from batch.io.write import FileProgress, Output, job_fingerprint, make_part_writer
@@ -228,6 +228,10 @@ def _process(
         compute=ray.data.ActorPoolStrategy(size=job.engine.text_workers or job.engine.replicas),
         num_cpus=TEXT_STAGE_CPUS,
     )
+    # An engine error for a whole batch is retried by Ray on the same actor (bounded by the
+    # inference stage's max_task_retries); only this class, so other stages' errors still stop the run.
+    ray.data.DataContext.get_current().actor_task_retry_on_errors = [EngineCallFailed]
+    health = ray.remote(num_cpus=0)(EngineHealth).remote()
     dataset = ray.data.from_items(read_slices(files), override_num_blocks=max(1, len(files)))
     dataset = dataset.map_batches(
         make_reader(job.input, job.storage), batch_size=1, batch_format="pyarrow", num_cpus=TEXT_STAGE_CPUS
@@ -246,6 +250,8 @@ def _process(
                     engine=group.spec,
                     tasks=tuple(group.tasks),
                     cache_uri=cache_uri,
+                    max_restarts=job.engine.max_restarts,
+                    health=health,
                 )
             },
             batch_size=batch_size_for(job.engine, device),
@@ -267,6 +273,14 @@ def _process(
             f"processing stopped: {_root_cause(exc)}. {len(committed)} input files are committed; "
             f"rerun the same command to resume from there."
         ) from exc
+    _report_engine_restarts(ray.get(health.report.remote()), summary, echo)
+
+
+def _report_engine_restarts(report: dict[str, dict], summary: RunSummary, echo) -> None:
+    for engine in summary.engines:
+        engine["restarts"] = report.get(engine["model"], {}).get("restarts", 0)
+    for model, deaths in report.items():
+        echo(f"engine for {model} died and was restarted {deaths['restarts']} times; last error: {deaths['last_error']}")
 
 
 def _consume(records, progress, committed, output: Output, summary: RunSummary, total: int, echo) -> None:
@@ -320,6 +334,13 @@ def _row_cache_identities(job: JobConfig, groups: list[EngineGroup]) -> dict[str
 
 
 def _actor_resources(job: JobConfig, device: str) -> dict[str, Any]:
+    # Ray restarts an engine actor whose process died and resubmits its batches, a bounded
+    # number of times (Ray Data's own default is unbounded: a crash loop would never end).
+    retries = {"max_restarts": job.engine.max_restarts, "max_task_retries": job.engine.max_restarts}
+    return {**retries, **_actor_placement(job, device)}
+
+
+def _actor_placement(job: JobConfig, device: str) -> dict[str, Any]:
     if device == "cuda":
         # One engine per GPU; with tensor parallelism the actor owns all its GPUs (vLLM's
         # multiprocessing executor runs the shards inside the actor's node).
