@@ -269,17 +269,29 @@ def _process(
     try:
         _consume(dataset.iter_rows(), progress, committed, output, summary, total, echo)
     except Exception as exc:  # noqa: BLE001 - anything that stops the stream stops the run
+        engine_failure = _engine_failure(health)
         raise RunFailed(
-            f"processing stopped: {_root_cause(exc)}. {len(committed)} input files are committed; "
-            f"rerun the same command to resume from there."
+            f"processing stopped: {'EngineFailed: ' + engine_failure if engine_failure else _root_cause(exc)}. "
+            f"{len(committed)} input files are committed; rerun the same command to resume from there."
         ) from exc
-    _report_engine_restarts(ray.get(health.report.remote()), summary, echo)
+    _report_engine_restarts(ray.get(health.report.remote())["restarts"], summary, echo)
 
 
-def _report_engine_restarts(report: dict[str, dict], summary: RunSummary, echo) -> None:
+def _engine_failure(health) -> str | None:
+    """Why an engine stage gave up, if one did (Ray Data passes the driver only a generic
+    "UDF failed" for a stage's exception); None if Ray itself can no longer say."""
+    import ray
+
+    try:
+        return ray.get(health.report.remote(), timeout=30)["failure"]
+    except Exception:  # noqa: BLE001 - the run is failing already; keep its own cause
+        return None
+
+
+def _report_engine_restarts(restarts: dict[str, dict], summary: RunSummary, echo) -> None:
     for engine in summary.engines:
-        engine["restarts"] = report.get(engine["model"], {}).get("restarts", 0)
-    for model, deaths in report.items():
+        engine["restarts"] = restarts.get(engine["model"], {}).get("restarts", 0)
+    for model, deaths in restarts.items():
         echo(f"engine for {model} died and was restarted {deaths['restarts']} times; last error: {deaths['last_error']}")
 
 

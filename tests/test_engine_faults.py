@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from conftest import cli_ok, run_cli, write_corpus, write_job
 
@@ -104,3 +105,45 @@ def test_engine_error_for_a_whole_call_is_retried_and_a_rejected_request_is_a_ro
     assert "does not fit max_model_len 256" in errors[TOO_LONG_ID]
     assert summary["rows_failed"] == 1
     assert summary["engines"][0]["restarts"] == 0
+
+
+def test_only_what_vllm_rejects_for_the_request_is_a_row_error(models):
+    """In one process, the stage's own failure handling on a real engine: vLLM's validation
+    error for one request (max_tokens 0 here; an out-of-vocabulary token id alike) fails
+    that request alone; an error that is not the request's (out of memory) fails the
+    batch's attempt, to be retried, and records no row error."""
+    from vllm.exceptions import VLLMValidationError
+    from vllm.inputs import TokensPrompt
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    from batch.config import EngineConfig
+    from batch.infer.engine import Engine, EngineSpec, resolve_engine_settings
+    from batch.infer.stage import EngineCallFailed, InferenceStage, StageSpec
+    from batch.tasks.base import Completion, Failure, Generate
+    from batch.tasks.sentiment import SentimentConfig
+
+    engine = EngineSpec(
+        model=str(models["chat"]), runner="generate", device="cpu",
+        # the engine core in its own process, as in test_models.py: moto's Flask may be in this one
+        **resolve_engine_settings(EngineConfig(max_model_len=256, in_process=False), "cpu"),
+    )  # fmt: skip
+    stage = InferenceStage(StageSpec(engine=engine, tasks=(("sentiment", SentimentConfig(model=str(models["chat"]))),)))
+    try:
+        ask = [Generate(messages=(("user", f"post {i}"),), max_tokens=4 if i != 1 else 0) for i in range(3)]
+        results = stage._run_isolating_failures(stage.engine.generate, ask)
+        assert [type(r) for r in results] == [Completion, Failure, Completion]
+        assert "VLLMValidationError: max_tokens must be at least 1" in results[1].reason
+
+        with pytest.raises(VLLMValidationError) as rejected:
+            stage.engine.llm.generate([TokensPrompt(prompt_token_ids=[10**7])], use_tqdm=False)
+        assert Engine.is_request_error(rejected.value)
+        assert not Engine.is_request_error(EngineDeadError())
+        assert not Engine.is_request_error(TimeoutError("engine step timed out"))
+
+        def out_of_memory(requests):
+            raise RuntimeError("CUDA out of memory")
+
+        with pytest.raises(EngineCallFailed, match="CUDA out of memory"):
+            stage._run_isolating_failures(out_of_memory, ask)
+    finally:
+        stage.engine.close()

@@ -175,35 +175,35 @@ class InferenceStage:
         its batches (`max_restarts`, `max_task_retries`). Any other engine error raises
         EngineCallFailed, which Ray retries on this actor (`retry_exceptions`): the batch
         runs again and no row records an error. Both are bounded by engine.max_restarts."""
-        model, bound = self.spec.engine.model, self.spec.max_restarts
+        model, bound, error = self.spec.engine.model, self.spec.max_restarts, describe(exc)
         if self.engine.is_fatal(exc):
-            deaths = self._record_death(describe(exc))
+            deaths = self._health("record_death", model, error) or 1
             if deaths > bound:
-                raise EngineFailed(
-                    f"the engine for {model} died {deaths} times (engine.max_restarts is {bound}); "
-                    f"last error: {describe(exc)}"
-                ) from None
-            log.warning("engine for %s died (%s); restarting its actor (restart %d of %d)",
-                        model, describe(exc), deaths, bound)  # fmt: skip
+                self._give_up(f"the engine for {model} died {deaths} times (engine.max_restarts is {bound}); "
+                              f"last error: {error}")  # fmt: skip
+            log.warning("engine for %s died (%s); restarting its actor (restart %d of %d)", model, error, deaths, bound)
             _exit_for_restart()
         self.failed_calls += 1
         if self.failed_calls > bound:
-            raise EngineFailed(
-                f"the engine call for {model} failed {self.failed_calls} times in a row (engine.max_restarts is "
-                f"{bound}); last error: {describe(exc)}"
-            ) from None
+            self._give_up(f"the engine call for {model} failed {self.failed_calls} times in a row "
+                          f"(engine.max_restarts is {bound}); last error: {error}")  # fmt: skip
         log.warning("engine call for %s failed (%s); retrying the batch (retry %d of %d)",
-                    model, describe(exc), self.failed_calls, bound)  # fmt: skip
-        raise EngineCallFailed(f"engine call for {model} failed: {describe(exc)}") from exc
+                    model, error, self.failed_calls, bound)  # fmt: skip
+        raise EngineCallFailed(f"engine call for {model} failed: {error}") from exc
 
-    def _record_death(self, error: str) -> int:
-        """This model's engine deaths in this run so far, this one included. The count
-        lives in the run's EngineHealth actor: this process's memory dies with it."""
+    def _give_up(self, reason: str) -> NoReturn:
+        """Stop the run. Ray Data hands the driver only a generic "UDF failed" for an
+        exception in a stage, so the reason also goes where the driver reads it."""
+        self._health("record_failure", reason)
+        raise EngineFailed(reason)
+
+    def _health(self, method: str, *args):
+        """Call the run's EngineHealth actor, which outlives this process."""
         if self.spec.health is None:
-            return 1
+            return None
         import ray
 
-        return ray.get(self.spec.health.record_death.remote(self.spec.engine.model, error))
+        return ray.get(getattr(self.spec.health, method).remote(*args))
 
 
 class EngineCallFailed(Exception):
@@ -217,19 +217,26 @@ class EngineFailed(Exception):
 
 class EngineHealth:
     """One per run, a Ray actor started by the driver: how often each model's engine died
-    and its last error. It bounds restarts and tells the summary about them."""
+    and its last error, and why an engine stage gave up. An engine actor's own memory dies
+    with its process; this count bounds restarts and tells the driver about them."""
 
     def __init__(self):
         self.deaths: dict[str, int] = {}
         self.last_error: dict[str, str] = {}
+        self.failure: str | None = None
 
     def record_death(self, model: str, error: str) -> int:
         self.deaths[model] = self.deaths.get(model, 0) + 1
         self.last_error[model] = error
         return self.deaths[model]
 
-    def report(self) -> dict[str, dict]:
-        return {model: {"restarts": n, "last_error": self.last_error[model]} for model, n in self.deaths.items()}
+    def record_failure(self, reason: str) -> None:
+        self.failure = self.failure or reason
+
+    def report(self) -> dict:
+        """`restarts` per model (with the last error) and the reason an engine stage gave up, if one did."""
+        restarts = {model: {"restarts": n, "last_error": self.last_error[model]} for model, n in self.deaths.items()}
+        return {"restarts": restarts, "failure": self.failure}
 
 
 def _exit_for_restart() -> NoReturn:
