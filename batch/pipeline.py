@@ -292,7 +292,8 @@ def _report_engine_restarts(restarts: dict[str, dict], summary: RunSummary, echo
     for engine in summary.engines:
         engine["restarts"] = restarts.get(engine["model"], {}).get("restarts", 0)
     for model, deaths in restarts.items():
-        echo(f"engine for {model} died and was restarted {deaths['restarts']} times; last error: {deaths['last_error']}")
+        n, error = deaths["restarts"], deaths["last_error"]
+        echo(f"engine for {model} died {n} time(s), restarted each time; last error: {error}")
 
 
 def _consume(records, progress, committed, output: Output, summary: RunSummary, total: int, echo) -> None:

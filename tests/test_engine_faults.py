@@ -70,7 +70,7 @@ def test_dead_engine_restarts_its_actor_and_the_batch_is_retried(models, tmp_pat
     assert all(row["sentiment"] in LABELS for row in output)
     assert summary["rows_failed"] == 0
     assert summary["engines"][0]["restarts"] == 1, summary["engines"]
-    assert "died and was restarted 1 times; last error: EngineDeadError" in out
+    assert "died 1 time(s), restarted each time; last error: EngineDeadError" in out
     assert "restarting its actor (restart 1 of 3)" in result.stderr
 
 
