@@ -95,6 +95,11 @@ class EngineConfig(Strict):
     kv_cache_gib: float | None = Field(default=None, gt=0, description="KV cache size; default: vLLM's (GPU), 1 GiB (CPU)")
     enable_prefix_caching: bool = True
     seed: int = 0
+    max_restarts: int = Field(
+        default=3, ge=0,
+        description="times a model's engine may die (and its actor be restarted) or a batch's engine call fail "
+        "(and be retried) before the run fails; an engine error for the whole call is never a row error",
+    )  # fmt: skip
 
 
 def _tasks_model() -> type[BaseModel]:

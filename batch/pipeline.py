@@ -30,7 +30,7 @@ from batch.cache import row_cache_identity
 from batch.config import ConfigError, JobConfig
 from batch.infer import models
 from batch.infer.engine import EngineSpec, batch_size_for, resolve_engine_settings
-from batch.infer.stage import InferenceStage, StageSpec
+from batch.infer.stage import EngineCallFailed, EngineHealth, InferenceStage, StageSpec
 from batch.faults import fault_point
 from batch.io.read import BadInput, InputFile, make_reader, output_schema, plan_inputs, read_slices
 from batch.io.storage import Location
@@ -239,6 +239,10 @@ def _process(
         compute=ray.data.ActorPoolStrategy(size=job.engine.text_workers or job.engine.replicas),
         num_cpus=TEXT_STAGE_CPUS,
     )
+    # An engine error for a whole batch is retried by Ray on the same actor (bounded by the
+    # inference stage's max_task_retries); only this class, so other stages' errors still stop the run.
+    ray.data.DataContext.get_current().actor_task_retry_on_errors = [EngineCallFailed]
+    health = ray.remote(num_cpus=0)(EngineHealth).remote()
     dataset = ray.data.from_items(read_slices(files, union), override_num_blocks=max(1, len(files)))
     dataset = dataset.map_batches(
         make_reader(job.input, job.storage), batch_size=1, batch_format="pyarrow", num_cpus=TEXT_STAGE_CPUS
@@ -257,6 +261,8 @@ def _process(
                     engine=group.spec,
                     tasks=tuple(group.tasks),
                     cache_uri=cache_uri,
+                    max_restarts=job.engine.max_restarts,
+                    health=health,
                 )
             },
             batch_size=batch_size_for(job.engine, device),
@@ -274,10 +280,31 @@ def _process(
     try:
         _consume(dataset.iter_rows(), progress, committed, output, summary, total, echo)
     except Exception as exc:  # noqa: BLE001 - anything that stops the stream stops the run
+        engine_failure = _engine_failure(health)
         raise RunFailed(
-            f"processing stopped: {_root_cause(exc)}. {len(committed)} input files are committed; "
-            f"rerun the same command to resume from there."
+            f"processing stopped: {'EngineFailed: ' + engine_failure if engine_failure else _root_cause(exc)}. "
+            f"{len(committed)} input files are committed; rerun the same command to resume from there."
         ) from exc
+    _report_engine_restarts(ray.get(health.report.remote())["restarts"], summary, echo)
+
+
+def _engine_failure(health) -> str | None:
+    """Why an engine stage gave up, if one did (Ray Data passes the driver only a generic
+    "UDF failed" for a stage's exception); None if Ray itself can no longer say."""
+    import ray
+
+    try:
+        return ray.get(health.report.remote(), timeout=30)["failure"]
+    except Exception:  # noqa: BLE001 - the run is failing already; keep its own cause
+        return None
+
+
+def _report_engine_restarts(restarts: dict[str, dict], summary: RunSummary, echo) -> None:
+    for engine in summary.engines:
+        engine["restarts"] = restarts.get(engine["model"], {}).get("restarts", 0)
+    for model, deaths in restarts.items():
+        n, error = deaths["restarts"], deaths["last_error"]
+        echo(f"engine for {model} died {n} time(s), restarted each time; last error: {error}")
 
 
 def _consume(records, progress, committed, output: Output, summary: RunSummary, total: int, echo) -> None:
@@ -360,6 +387,13 @@ def _row_cache_identities(job: JobConfig, groups: list[EngineGroup]) -> dict[str
 
 
 def _actor_resources(job: JobConfig, device: str) -> dict[str, Any]:
+    # Ray restarts an engine actor whose process died and resubmits its batches, a bounded
+    # number of times (Ray Data's own default is unbounded: a crash loop would never end).
+    retries = {"max_restarts": job.engine.max_restarts, "max_task_retries": job.engine.max_restarts}
+    return {**retries, **_actor_placement(job, device)}
+
+
+def _actor_placement(job: JobConfig, device: str) -> dict[str, Any]:
     if device == "cuda":
         # One engine per GPU; with tensor parallelism the actor owns all its GPUs (vLLM's
         # multiprocessing executor runs the shards inside the actor's node).

@@ -15,6 +15,7 @@ from functools import cached_property
 from typing import Literal
 
 from batch.config import EngineConfig, StorageConfig
+from batch.faults import fault_raise
 from batch.infer import models
 from batch.tasks.base import Classification, Classify, Completion, Failure, Generate, Score, Scores
 
@@ -205,7 +206,7 @@ class Engine:
             loras.append(self._lora.get(request.adapter) if request.adapter else None)
             slots.append(i)
         if prompts:
-            outputs = self.llm.generate(prompts, params, lora_request=loras if self._lora else None, use_tqdm=False)
+            outputs = self._call(self.llm.generate, prompts, params, lora_request=loras if self._lora else None)
             for slot, output in zip(slots, outputs):
                 completion = output.outputs[0]
                 results[slot] = Completion(
@@ -243,7 +244,7 @@ class Engine:
                 spans.append((i, len(continuation), len(prompt_ids)))
         if prompts:
             params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
-            outputs = self.llm.generate(prompts, params, lora_request=loras if self._lora else None, use_tqdm=False)
+            outputs = self._call(self.llm.generate, prompts, params, lora_request=loras if self._lora else None)
             scored: dict[int, list[float]] = {}
             lengths: dict[int, int] = {}
             for (i, n, prompt_len), output in zip(spans, outputs):
@@ -269,11 +270,22 @@ class Engine:
             slots.append(i)
             lengths.append(n_tokens)
         if texts:
-            outputs = self.llm.classify(texts, use_tqdm=False)
+            outputs = self._call(self.llm.classify, texts)
             for slot, n_tokens, output in zip(slots, lengths, outputs):
                 probs = tuple(float(p) for p in output.outputs.probs)
                 results[slot] = Classification(probabilities=probs, labels=self.labels, prompt_tokens=n_tokens)
         return results  # type: ignore[return-value]
+
+    # --- failures -------------------------------------------------------------------
+
+    @staticmethod
+    def _call(method, *args, **kwargs):
+        """Every call into vLLM's engine; crash tests inject engine faults here."""
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        fault_raise("engine.dead", EngineDeadError())
+        fault_raise("engine.call_error", RuntimeError("CUDA out of memory (injected by BATCH_FAULT)"))
+        return method(*args, use_tqdm=False, **kwargs)
 
     @staticmethod
     def is_fatal(exc: BaseException) -> bool:
@@ -281,6 +293,16 @@ class Engine:
         from vllm.v1.engine.exceptions import EngineDeadError
 
         return isinstance(exc, EngineDeadError)
+
+    @staticmethod
+    def is_request_error(exc: BaseException) -> bool:
+        """vLLM rejected a request for what it asks (prompt too long, token id out of
+        vocabulary, bad sampling parameters): vLLM raises its client errors
+        (`VLLMValidationError` and kin) or a plain ValueError for those. Anything else
+        (out of memory, a timeout, a dead engine) is the engine's fault, not the row's."""
+        from vllm.exceptions import VLLMClientError
+
+        return isinstance(exc, (VLLMClientError, ValueError)) and not Engine.is_fatal(exc)
 
     # --- setup helpers --------------------------------------------------------------
 

@@ -11,10 +11,12 @@ so the engine idles only while the actor moves a batch in and out.
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any, NoReturn
 
 import pyarrow as pa
 
@@ -39,6 +41,8 @@ class StageSpec:
     engine: EngineSpec
     tasks: tuple[tuple[str, TaskConfig], ...]
     cache_uri: str | None = None  # the result cache (batch/cache.py); None: off
+    max_restarts: int = 3  # engine.max_restarts
+    health: Any = None  # the run's EngineHealth actor (a Ray actor handle); None: deaths are not counted
 
 
 class InferenceStage:
@@ -61,6 +65,7 @@ class InferenceStage:
         # Answers of recent requests: a text repeated across batches (reposts, boilerplate)
         # is inferred once per actor, not once per batch.
         self.recent: OrderedDict[Request, Result] = OrderedDict()
+        self.failed_calls = 0  # engine calls failed in a row for the whole batch (Ray retries them here)
         log.info("engine ready in %.1fs", time.monotonic() - started)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -144,24 +149,110 @@ class InferenceStage:
         return text
 
     def _run_isolating_failures(self, run, requests: list[Request]) -> list[Result]:
-        """One engine call for the batch; if it raises, find the request that did it by
-        running them one by one, so one bad row fails alone. A dead engine is re-raised so
-        Ray restarts the actor and retries the batch."""
+        """One engine call for the batch. If vLLM rejects a request for what it asks, find
+        which by running them one by one, so that row fails alone. Any other error is the
+        engine's, not a row's: it ends the whole batch's attempt (`_engine_fault`)."""
         try:
-            return run(requests)
+            results = run(requests)
         except Exception as exc:  # noqa: BLE001
-            if self.engine.is_fatal(exc):
-                raise
+            if not self.engine.is_request_error(exc):
+                self._engine_fault(exc)
             log.warning("engine call for %d requests failed (%s); isolating the failing ones", len(requests), exc)
-        results: list[Result] = []
-        for request in requests:
-            try:
-                results.extend(run([request]))
-            except Exception as exc:  # noqa: BLE001
-                if self.engine.is_fatal(exc):
-                    raise
-                results.append(Failure(f"inference failed: {describe(exc)}"))
+            results = [self._run_one(run, request) for request in requests]
+        self.failed_calls = 0
         return results
+
+    def _run_one(self, run, request: Request) -> Result:
+        try:
+            return run([request])[0]
+        except Exception as exc:  # noqa: BLE001
+            if not self.engine.is_request_error(exc):
+                self._engine_fault(exc)
+            return Failure(f"inference failed: {describe(exc)}")
+
+    def _engine_fault(self, exc: Exception) -> NoReturn:
+        """A dead engine ends this actor's process, so Ray restarts the actor and resubmits
+        its batches (`max_restarts`, `max_task_retries`). Any other engine error raises
+        EngineCallFailed, which Ray retries on this actor (`retry_exceptions`): the batch
+        runs again and no row records an error. Both are bounded by engine.max_restarts."""
+        model, bound, error = self.spec.engine.model, self.spec.max_restarts, describe(exc)
+        if self.engine.is_fatal(exc):
+            deaths = self._health("record_death", model, error) or 1
+            if deaths > bound:
+                self._give_up(f"the engine for {model} died {deaths} times (engine.max_restarts is {bound}); "
+                              f"last error: {error}")  # fmt: skip
+            log.warning("engine for %s died (%s); restarting its actor (restart %d of %d)", model, error, deaths, bound)
+            _exit_for_restart()
+        self.failed_calls += 1
+        if self.failed_calls > bound:
+            self._give_up(f"the engine call for {model} failed {self.failed_calls} times in a row "
+                          f"(engine.max_restarts is {bound}); last error: {error}")  # fmt: skip
+        log.warning("engine call for %s failed (%s); retrying the batch (retry %d of %d)",
+                    model, error, self.failed_calls, bound)  # fmt: skip
+        raise EngineCallFailed(f"engine call for {model} failed: {error}") from exc
+
+    def _give_up(self, reason: str) -> NoReturn:
+        """Stop the run. Ray Data hands the driver only a generic "UDF failed" for an
+        exception in a stage, so the reason also goes where the driver reads it."""
+        self._health("record_failure", reason)
+        raise EngineFailed(reason)
+
+    def _health(self, method: str, *args):
+        """Call the run's EngineHealth actor, which outlives this process."""
+        if self.spec.health is None:
+            return None
+        import ray
+
+        return ray.get(getattr(self.spec.health, method).remote(*args))
+
+
+class EngineCallFailed(Exception):
+    """An engine call failed for the whole batch (out of memory, a timeout): Ray retries
+    the batch (the pipeline lists this class in Ray Data's `actor_task_retry_on_errors`)."""
+
+
+class EngineFailed(Exception):
+    """An engine that kept failing past engine.max_restarts: the run stops."""
+
+
+class EngineHealth:
+    """One per run, a Ray actor started by the driver: how often each model's engine died
+    and its last error, and why an engine stage gave up. An engine actor's own memory dies
+    with its process; this count bounds restarts and tells the driver about them."""
+
+    def __init__(self):
+        self.deaths: dict[str, int] = {}
+        self.last_error: dict[str, str] = {}
+        self.failure: str | None = None
+
+    def record_death(self, model: str, error: str) -> int:
+        self.deaths[model] = self.deaths.get(model, 0) + 1
+        self.last_error[model] = error
+        return self.deaths[model]
+
+    def record_failure(self, reason: str) -> None:
+        self.failure = self.failure or reason
+
+    def report(self) -> dict:
+        """`restarts` per model (with the last error) and the reason an engine stage gave up, if one did."""
+        restarts = {model: {"restarts": n, "last_error": self.last_error[model]} for model, n in self.deaths.items()}
+        return {"restarts": restarts, "failure": self.failure}
+
+
+def _exit_for_restart() -> NoReturn:
+    """End this actor's process as a crash would. Ray restarts an actor only after an
+    unexpected exit: `ray.actor.exit_actor()` is an intended one, never restarted.
+    An engine core in a process of its own goes too: its memory must be free for the next."""
+    import psutil
+
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
+    os._exit(1)
 
 
 def _usage_per_row(
