@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
-from batch.config import EngineConfig, JobConfig
+from batch.config import ConfigError, EngineConfig, JobConfig
 from batch.infer import models
 from batch.infer.engine import resolve_engine_settings
 from batch.infer.models import Weights
@@ -116,8 +116,11 @@ def resolve_run(job: JobConfig, device: str | None = None) -> RunIdentity:
     for name, config in job.enabled_tasks().items():
         task = TASKS[name](config)
         tasks[name] = {"config": config.model_dump(mode="json"), "runner": task.engine_runner(), "adapters": task.adapters()}
-    uris = dict.fromkeys(uri for entry in tasks.values() for _, uri in _weighted(entry))
-    weights = {uri: models.identify(uri, job.storage) for uri in uris}
+    weights = {}
+    for name, entry in tasks.items():
+        for role, uri in _weighted(entry):
+            if uri not in weights:
+                weights[uri] = _identify(f"tasks.{name}.{role}", uri, job.storage)
     description = {
         "input": job.input.model_dump(mode="json"),
         "tasks": tasks,
@@ -127,6 +130,13 @@ def resolve_run(job: JobConfig, device: str | None = None) -> RunIdentity:
         "code": code_versions(),
     }
     return RunIdentity(description, weights)
+
+
+def _identify(field: str, uri: str, storage) -> Weights:
+    try:
+        return models.identify(uri, storage)
+    except ConfigError as exc:
+        raise ConfigError(f"{field}: {exc}") from None
 
 
 def code_versions() -> dict[str, str | None]:
