@@ -13,9 +13,9 @@ next night's run over a mostly unchanged corpus does only what is new. Two level
 Both identities come from the run's one description (batch/identity.py). Key of an
 answer: the engine's identity (model URI and content identity, runner, output-changing
 settings, vLLM's version, the prompt versions of the tasks it serves) + the adapter's
-content identity + the request itself (rendered messages or text, token budget, label choices). Decoding is greedy
-(temperature 0), so an answer is a pure function of its key and a warm run's output equals
-a cold run's. Failures are never cached.
+content identity + the request itself (rendered messages or text, token budget, label
+choices). Decoding is greedy (temperature 0), so an answer is a pure function of its key
+and a warm run's output equals a cold run's. Failures are never cached.
 
 Layout: `<cache uri>/<engine identity>/<uuid>.parquet`, columns `key` (sha256, binary)
 and `result` (JSON). An actor loads its engine's folder once at start (only that folder:

@@ -348,12 +348,15 @@ def _record_identity(output: Output, identity: RunIdentity, echo: Callable[[str]
     from other weights, settings or code): say what changed and how many committed files
     restart, then keep this attempt's description beside its own staging."""
     root = output.location.join(STAGING)
+    earlier: dict[str, Any] = {}  # fingerprint -> its description (None: not recorded)
     for info in root.list_files():
         fingerprint, _, name = info.path[len(root.path) :].lstrip("/").partition("/")
-        if name != IDENTITY_FILE or fingerprint == identity.fingerprint:
-            continue
-        before = Location(root.uri_of(info.path), root.storage).read_json()
+        if fingerprint != identity.fingerprint and (name == IDENTITY_FILE or fingerprint not in earlier):
+            earlier[fingerprint] = Location(root.uri_of(info.path), root.storage).read_json() if name == IDENTITY_FILE else None
+    for fingerprint, before in earlier.items():
         restarted = len(Output(output.location, fingerprint).committed())
-        changes = "; ".join(identity.changes_since(before)) or "the job definition"
-        echo(f"identity changed since the last attempt ({changes}): restarting {restarted} committed files")
+        if not restarted:
+            continue
+        changes = "; ".join(identity.changes_since(before)) if before else f"fingerprint {fingerprint}, not recorded"
+        echo(f"identity changed since the last attempt ({changes or 'the job definition'}): restarting {restarted} committed files")
     output.staging.join(IDENTITY_FILE).write_json(identity.description)
