@@ -255,8 +255,9 @@ def test_weights_swapped_between_attempts_restart_and_never_mix(models, tmp_path
     })  # fmt: skip
 
     first = run_cli("run", str(job), env={"BATCH_FAULT": "commit.after_file"})
-    assert first.returncode != 0 and not (output / "_SUCCESS").exists(), first.stdout[-2000:]
-    assert len(list(output.glob("_staging/*/committed/*.json"))) == 1
+    log = first.stdout[-3000:] + first.stderr[-3000:]
+    assert first.returncode == -9 and not (output / "_SUCCESS").exists(), log
+    assert len(list(output.glob("_staging/*/committed/*.json"))) == 1, log
     old = resolve_run(validate_job(yaml_job(job))).weights[str(model)]
 
     other = build_causal_lm(tmp_path / "other", seed=5)
@@ -276,3 +277,20 @@ def yaml_job(path: Path) -> dict:
     import yaml
 
     return yaml.safe_load(path.read_text())
+
+
+def test_hub_id_is_identified_by_its_locally_resolved_revision(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    storage = validate_job(job_with(tmp_path, tmp_path)).storage
+    unknown = model_store.identify("acme/tiny-chat", storage)
+    assert unknown.basis == "hub id (revision unknown)"
+
+    refs = tmp_path / "hub" / "models--acme--tiny-chat" / "refs"
+    refs.mkdir(parents=True)
+    (refs / "main").write_text("1111aaaa")
+    first = model_store.identify("acme/tiny-chat", storage)
+    assert first.basis == "hub revision 1111aaaa" and first.content != unknown.content
+    (refs / "main").write_text("2222bbbb")
+    assert model_store.identify("acme/tiny-chat", storage).content != first.content
