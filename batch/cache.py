@@ -10,11 +10,12 @@ next night's run over a mostly unchanged corpus does only what is new. Two level
   when a row's text changed but some of its requests did not (one edited paragraph of a
   long document re-infers that paragraph only).
 
-Key of an answer: the engine's identity (model URI and content fingerprint, runner, dtype,
-seed, the prompt versions of the tasks it serves) + the adapter's fingerprint + the request
-itself (rendered messages or text, token budget, label choices). Decoding is greedy
-(temperature 0), so an answer is a pure function of its key and a warm run's output equals
-a cold run's. Failures are never cached.
+Both identities come from the run's one description (batch/identity.py). Key of an
+answer: the engine's identity (model URI and content identity, runner, output-changing
+settings, vLLM's version, the prompt versions of the tasks it serves) + the adapter's
+content identity + the request itself (rendered messages or text, token budget, label
+choices). Decoding is greedy (temperature 0), so an answer is a pure function of its key
+and a warm run's output equals a cold run's. Failures are never cached.
 
 Layout: `<cache uri>/<engine identity>/<uuid>.parquet`, columns `key` (sha256, binary)
 and `result` (JSON). An actor loads its engine's folder once at start (only that folder:
@@ -40,8 +41,8 @@ _SCHEMA = pa.schema([("key", pa.binary(32)), ("result", pa.string())])
 
 
 class ResultCache:
-    def __init__(self, root: Location, identity: dict[str, Any], adapter_fingerprints: dict[str, str]):
-        self.identity = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
+    def __init__(self, root: Location, identity: str, adapter_fingerprints: dict[str, str]):
+        self.identity = identity
         self.folder = root.join(self.identity)
         self.adapter_fingerprints = adapter_fingerprints
         self.known: dict[bytes, str] = {}
@@ -140,13 +141,6 @@ def _write_part(folder: Location, table: pa.Table) -> None:
     if not part.is_s3:
         part.fs.create_dir(folder.path, recursive=True)
     retrying(lambda: pq.write_table(table, part.path, filesystem=part.fs), part.storage, part.uri)
-
-
-def row_cache_identity(task: str, config: dict[str, Any], engine: dict[str, Any]) -> str:
-    """Everything a task's finished columns depend on besides the text: the task's whole
-    config (prompt version, targets, glossary, guardrails, budgets) and the engine's
-    weights (content identities of model and adapters) and decoding settings."""
-    return hashlib.sha256(json.dumps([task, config, engine], sort_keys=True).encode()).hexdigest()[:24]
 
 
 def default_cache_uri(output_template: str) -> str:

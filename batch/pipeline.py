@@ -26,15 +26,15 @@ from typing import Any, Callable
 
 import pyarrow as pa
 
-from batch.cache import row_cache_identity
 from batch.config import ConfigError, JobConfig
+from batch.faults import fault_point
+from batch.identity import RunIdentity, resolve_run
 from batch.infer import models
 from batch.infer.engine import EngineSpec, batch_size_for, resolve_engine_settings
 from batch.infer.stage import EngineCallFailed, EngineHealth, InferenceStage, StageSpec
-from batch.faults import fault_point
 from batch.io.read import BadInput, InputFile, make_reader, output_schema, plan_inputs, read_slices
 from batch.io.storage import Location
-from batch.io.write import FileProgress, Output, job_fingerprint, make_part_writer
+from batch.io.write import STAGING, FileProgress, Output, make_part_writer
 from batch.parse import ParseStage
 from batch.prepare import PrepareStage, TextStageSpec
 from batch.summary import RunSummary
@@ -61,9 +61,10 @@ class EngineGroup:
     tasks: list[tuple[str, Any]] = field(default_factory=list)
 
 
-def engine_groups(job: JobConfig, device: str) -> list[EngineGroup]:
+def engine_groups(job: JobConfig, device: str, identity: RunIdentity) -> list[EngineGroup]:
     """Tasks that name the same model and runner share an engine; their LoRA adapters are
-    served side by side by that engine (vLLM multi-LoRA), so base weights load once."""
+    served side by side by that engine (vLLM multi-LoRA), so base weights load once. Each
+    spec carries the content identities of its weights from the run's identity."""
     settings = resolve_engine_settings(job.engine, device)
     groups: dict[tuple[str, str], EngineGroup] = {}
     for name, config in job.enabled_tasks().items():
@@ -81,6 +82,7 @@ def engine_groups(job: JobConfig, device: str) -> list[EngineGroup]:
                 max_num_seqs=job.engine.max_num_seqs,
                 enable_prefix_caching=job.engine.enable_prefix_caching,
                 seed=job.engine.seed,
+                weights=identity.weights_of(config.model),
                 **settings,
             )
             groups[key] = EngineGroup(spec)
@@ -88,7 +90,11 @@ def engine_groups(job: JobConfig, device: str) -> list[EngineGroup]:
         if config.trust_remote_code != group.spec.trust_remote_code:
             raise ConfigError(f"tasks.{name}.trust_remote_code: tasks sharing model {config.model} must agree on it")
         if adapters := task.adapters():
-            group.spec = dataclasses.replace(group.spec, adapters=(*group.spec.adapters, *adapters.items()))
+            group.spec = dataclasses.replace(
+                group.spec,
+                adapters=(*group.spec.adapters, *adapters.items()),
+                weights=identity.weights_of(*(w.uri for w in group.spec.weights), *adapters.values()),
+            )
         group.tasks.append((name, config))
     return list(groups.values())
 
@@ -142,7 +148,8 @@ def run(
 ) -> RunSummary:
     started = time.time()
     run_id = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
-    output = Output(Location(job.output.uri, job.storage), job_fingerprint(_definition(job)))
+    identity = resolve_run(job)  # once: weights are identified here and nowhere else
+    output = Output(Location(job.output.uri, job.storage), identity.fingerprint)
     summary = RunSummary(run_id=run_id, job=job.redacted(), output=job.output.uri, started=started)
 
     if output.is_published() and not overwrite:
@@ -153,6 +160,7 @@ def run(
     # plan
     check_models(job)
     files, bad_inputs = plan_inputs(job.input, job.storage)
+    _record_identity(output, identity, echo)
     output.discard_other_attempts()
     files_by_uri = {file.uri: file for file in files}
     committed = {uri: record for uri, record in output.committed().items() if _still_valid(record, files_by_uri)}
@@ -173,7 +181,7 @@ def run(
     if progress:
         # one schema for the whole output: planned over every input, committed ones included
         union = output_schema(files)
-        _process(job, output, run_id, progress, committed, union, summary, ray_address, echo)
+        _process(job, identity, output, run_id, progress, committed, union, summary, ray_address, echo)
 
     # check and publish
     missing = [uri for uri in (f.uri for f in files) if uri not in committed]
@@ -205,6 +213,7 @@ def run(
 
 def _process(
     job: JobConfig,
+    identity: RunIdentity,
     output: Output,
     run_id: str,
     progress: dict[str, FileProgress],
@@ -218,7 +227,8 @@ def _process(
 
     connect_ray(ray_address)
     device = detect_device(job)
-    groups = engine_groups(job, device)
+    identity = identity.for_device(device)
+    groups = engine_groups(job, device, identity)
     summary.engines = [
         {"model": g.spec.model, "runner": g.spec.runner, "device": device, "replicas": job.engine.replicas,
          "tasks": [name for name, _ in g.tasks], "adapters": [name for name, _ in g.spec.adapters]}
@@ -231,7 +241,7 @@ def _process(
         tasks=tuple((name, config) for group in groups for name, config in group.tasks),
         text_column=job.input.text_column,
         cache_uri=cache_uri,
-        cache_identities=_row_cache_identities(job, groups) if job.cache.enabled else {},
+        cache_identities={name: identity.row_cache(name) for name in job.enabled_tasks()},
         storage=job.storage,
     )
     text_stage = dict(
@@ -260,6 +270,8 @@ def _process(
                 "spec": StageSpec(
                     engine=group.spec,
                     tasks=tuple(group.tasks),
+                    provenance=tuple((name, identity.provenance(name)) for name, _ in group.tasks),
+                    cache_identity=identity.answer_cache(group.spec.model, group.spec.runner, [n for n, _ in group.tasks]),
                     cache_uri=cache_uri,
                     max_restarts=job.engine.max_restarts,
                     health=health,
@@ -370,22 +382,6 @@ def _root_cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
-def _row_cache_identities(job: JobConfig, groups: list[EngineGroup]) -> dict[str, str]:
-    """Per task, the identity its row cache is filed under (batch/cache.py), from what the
-    driver can know without loading weights: configs and the weights' identities."""
-    identities = {}
-    for group in groups:
-        spec = group.spec
-        engine = {
-            "model": models.weights_identity(spec.model, job.storage),
-            "adapters": {name: models.weights_identity(uri, job.storage) for name, uri in spec.adapters},
-            "runner": spec.runner, "dtype": spec.dtype, "max_model_len": spec.max_model_len, "seed": spec.seed,
-        }  # fmt: skip
-        for name, config in group.tasks:
-            identities[name] = row_cache_identity(name, config.model_dump(mode="json"), engine)
-    return identities
-
-
 def _actor_resources(job: JobConfig, device: str) -> dict[str, Any]:
     # Ray restarts an engine actor whose process died and resubmits its batches, a bounded
     # number of times (Ray Data's own default is unbounded: a crash loop would never end).
@@ -416,6 +412,23 @@ def _still_valid(record: dict, files_by_uri: dict[str, InputFile]) -> bool:
     return file is not None and file.size == record["size"] and file.rows == record["rows"]
 
 
-def _definition(job: JobConfig) -> dict[str, Any]:
-    """What determines the output's content: the resume fingerprint is computed from it."""
-    return {"input": job.input.model_dump(), "tasks": job.tasks.model_dump(), "engine_seed": job.engine.seed}
+IDENTITY_FILE = "_identity.json"
+
+
+def _record_identity(output: Output, identity: RunIdentity, echo: Callable[[str], None]) -> None:
+    """Staging of an earlier attempt under another identity is not resumed (its rows came
+    from other weights, settings or code): say what changed and how many committed files
+    restart, then keep this attempt's description beside its own staging."""
+    root = output.location.join(STAGING)
+    earlier: dict[str, Any] = {}  # fingerprint -> its description (None: not recorded)
+    for info in root.list_files():
+        fingerprint, _, name = info.path[len(root.path) :].lstrip("/").partition("/")
+        if fingerprint != identity.fingerprint and (name == IDENTITY_FILE or fingerprint not in earlier):
+            earlier[fingerprint] = Location(root.uri_of(info.path), root.storage).read_json() if name == IDENTITY_FILE else None
+    for fingerprint, before in earlier.items():
+        restarted = len(Output(output.location, fingerprint).committed())
+        if not restarted:
+            continue
+        changes = "; ".join(identity.changes_since(before)) if before else f"fingerprint {fingerprint}, not recorded"
+        echo(f"identity changed since the last attempt ({changes or 'the job definition'}): restarting {restarted} committed files")
+    output.staging.join(IDENTITY_FILE).write_json(identity.description)

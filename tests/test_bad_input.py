@@ -274,7 +274,8 @@ def test_conflicting_column_types_stop_before_any_engine(tmp_path):
     folder.mkdir()
     pq.write_table(pa.table({"post_id": ["1"], "text": ["a"], "likes": [3]}), folder / "one.parquet")
     pq.write_table(pa.table({"post_id": ["2"], "text": ["b"], "likes": ["many"]}), folder / "two.parquet")
-    job = write_job(tmp_path / "job.yaml", job_definition(str(folder), str(tmp_path / "out"), "unused"))
+    # the model must exist (the run identifies its weights first), though no engine loads it
+    job = write_job(tmp_path / "job.yaml", job_definition(str(folder), str(tmp_path / "out"), str(tmp_path)))
     expected = re.compile(r"input column 'likes' has type string in \S*two\.parquet but int64 in \S*one\.parquet")
     for command in ("validate", "run"):
         result = run_cli(command, str(job))

@@ -106,7 +106,7 @@ def test_row_cache_identity_follows_config_and_weights(tmp_path):
     """A cached row is reused only under the same task config and the same weights: any
     change there files new answers under a new identity (no engine needed to tell)."""
     from batch.demo.models import build_tokenizer
-    from batch.pipeline import _row_cache_identities, engine_groups
+    from batch.identity import resolve_run
 
     model = tmp_path / "m"
     build_tokenizer(model)
@@ -115,7 +115,7 @@ def test_row_cache_identity_follows_config_and_weights(tmp_path):
 
     def identity(*overrides):
         job = load(tmp_path, base, *overrides)
-        return _row_cache_identities(job, engine_groups(job, "cpu"))["translation"]
+        return resolve_run(job, "cpu").row_cache("translation")
 
     first = identity()
     assert identity() == first  # stable across runs

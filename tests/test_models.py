@@ -48,7 +48,7 @@ def test_lora_adapters_really_change_outputs(models, fine_tunes):
         assert sum(x != y for x, y in zip(base, with_a)) >= len(TEXTS) - 1
         assert sum(x != y for x, y in zip(base, with_b)) >= len(TEXTS) - 1
         assert sum(x != y for x, y in zip(with_a, with_b)) >= len(TEXTS) - 1
-        assert engine.adapter_fingerprints["a"] == model_store.fingerprint(str(fine_tunes["lora_a"]))
+        assert engine.adapter_fingerprints["a"] == model_store.identify(str(fine_tunes["lora_a"]), spec.storage).short
     finally:
         engine.close()
 
@@ -61,6 +61,7 @@ def test_classifier_and_adapters_served_from_s3(s3, models, fine_tunes, tmp_path
     import ray
     from ray._private.state import actors as actor_table  # GCS view; needs no dashboard
 
+    from batch.identity import resolve_run
     from batch.pipeline import run
 
     monkeypatch.setenv("BATCH_MODEL_CACHE", str(tmp_path / "model-cache"))
@@ -101,12 +102,11 @@ def test_classifier_and_adapters_served_from_s3(s3, models, fine_tunes, tmp_path
         assert row["sentiment_confidence"] == pytest.approx(probs[best])
         assert row["sentiment"] == (best if probs[best] >= 0.9 else "neutral")
 
-    fp = model_store.fingerprint
-    assert table[0]["sentiment_model"] == f"{classifier}@{fp(str(fine_tunes['classifier']))}"
+    # provenance names the content identity the driver resolved (the objects' ETags)
+    fp = {uri: weights.short for uri, weights in resolve_run(job).weights.items()}
+    assert table[0]["sentiment_model"] == f"{classifier}@{fp[classifier]}"
     assert table[0]["translation_model"] == (
-        f"{chat}@{fp(str(models['chat']))}"
-        f" +lora:translation-fr={lora_fr}@{fp(str(fine_tunes['lora_a']))}"
-        f" +lora:translation-de={lora_de}@{fp(str(fine_tunes['lora_b']))}"
+        f"{chat}@{fp[chat]} +lora:translation-fr={lora_fr}@{fp[lora_fr]} +lora:translation-de={lora_de}@{fp[lora_de]}"
     )
     # the classifier fetched from S3 computes what the same model on disk computes
     reference = _transformers_probabilities(fine_tunes["classifier"], [row["text"] for row in table])

@@ -42,6 +42,9 @@ class EngineSpec:
     kv_cache_gib: float | None = None
     in_process: bool = False
     trust_remote_code: bool = False
+    # Content identities of the model and adapters, resolved once on the driver
+    # (batch/identity.py); a spec built without them (a test, a notebook) identifies them here.
+    weights: tuple[models.Weights, ...] = ()
     extra: dict = field(default_factory=dict, hash=False, compare=False)
 
 
@@ -100,10 +103,13 @@ class Engine:
     def __init__(self, spec: EngineSpec):
         self.spec = spec
         # Resolve on this node: an s3:// model is fetched once per node into a local cache.
-        self.model_path = models.resolve(spec.model, spec.storage)
-        adapter_paths = {name: models.resolve(uri, spec.storage) for name, uri in spec.adapters}
-        self.model_fingerprint = models.fingerprint(self.model_path)
-        self.adapter_fingerprints = {name: models.fingerprint(path) for name, path in adapter_paths.items()}
+        known = {weights.uri: weights for weights in spec.weights}
+        model = known.get(spec.model) or models.identify(spec.model, spec.storage)
+        adapters = {name: known.get(uri) or models.identify(uri, spec.storage) for name, uri in spec.adapters}
+        self.model_path = models.resolve(model, spec.storage)
+        adapter_paths = {name: models.resolve(weights, spec.storage) for name, weights in adapters.items()}
+        self.model_fingerprint = model.short
+        self.adapter_fingerprints = {name: weights.short for name, weights in adapters.items()}
         kwargs = dict(
             model=self.model_path,
             runner="pooling" if spec.runner == "classify" else "generate",

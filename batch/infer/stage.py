@@ -40,6 +40,9 @@ class StageSpec:
 
     engine: EngineSpec
     tasks: tuple[tuple[str, TaskConfig], ...]
+    # From the run's one identity (batch/identity.py), never recomputed here:
+    provenance: tuple[tuple[str, str], ...]  # task -> its `<task>_model` value
+    cache_identity: str  # the folder of this engine's answers in the result cache
     cache_uri: str | None = None  # the result cache (batch/cache.py); None: off
     max_restarts: int = 3  # engine.max_restarts
     health: Any = None  # the run's EngineHealth actor (a Ray actor handle); None: deaths are not counted
@@ -57,7 +60,7 @@ class InferenceStage:
             for task in self.tasks:
                 if problems := task.check_model_labels(dict(enumerate(self.engine.labels))):
                     raise ConfigError("; ".join(problems))
-        self.provenance = {task.name: self._provenance(task) for task in self.tasks}
+        self.provenance = dict(spec.provenance)
         self.cache = self._open_cache()
         # A warm cache defers the engine to its first miss: a fully cached run never starts it.
         if self.cache is None or not self.cache.known:
@@ -130,23 +133,10 @@ class InferenceStage:
     def _open_cache(self) -> ResultCache | None:
         if not self.spec.cache_uri:
             return None
-        engine = self.spec.engine
-        identity = {
-            "model": engine.model, "fingerprint": self.engine.model_fingerprint, "runner": engine.runner,
-            "dtype": engine.dtype, "seed": engine.seed,
-            "prompt_versions": sorted((task.name, task.config.prompt_version) for task in self.tasks),
-        }  # fmt: skip
-        cache = ResultCache(Location(self.spec.cache_uri, engine.storage), identity, self.engine.adapter_fingerprints)
+        root = Location(self.spec.cache_uri, self.spec.engine.storage)
+        cache = ResultCache(root, self.spec.cache_identity, self.engine.adapter_fingerprints)
         log.info("result cache %s: %d answers", cache.folder.uri, cache.load())
         return cache
-
-    def _provenance(self, task: Task) -> str:
-        """`model@fingerprint`, plus `+lora:name=uri@fingerprint` for each adapter the task
-        uses: exactly which weights produced the row."""
-        text = f"{self.spec.engine.model}@{self.engine.model_fingerprint}"
-        for name, uri in task.adapters().items():
-            text += f" +lora:{name}={uri}@{self.engine.adapter_fingerprints[name]}"
-        return text
 
     def _run_isolating_failures(self, run, requests: list[Request]) -> list[Result]:
         """One engine call for the batch. If vLLM rejects a request for what it asks, find
