@@ -12,6 +12,7 @@ unreadable inputs, 3 invalid job or arguments (not worth retrying).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import sys
 from pathlib import Path
@@ -35,10 +36,11 @@ def _job_options(command):
 
 def _load(job_file: Path, input_uris, output_uri, overrides, run_date) -> JobConfig:
     extra = list(overrides)
+    # JSON is YAML: any character in a URI survives the override's YAML reading.
     if input_uris:
-        extra.append("input.uris=[" + ", ".join(f'"{uri}"' for uri in input_uris) + "]")
+        extra.append("input.uris=" + json.dumps(list(input_uris)))
     if output_uri:
-        extra.append(f'output.uri="{output_uri}"')
+        extra.append("output.uri=" + json.dumps(output_uri))
     return load_job(job_file, extra, run_date=run_date.date() if run_date else None)
 
 
@@ -185,10 +187,12 @@ def demo(output_dir, workdir, job_file):
 def _register_commands() -> None:
     """Commands that live beside the modules they drive."""
     from batch.evaluate_command import eval_command
+    from batch.k8s_command import k8s
     from batch.report.command import report
 
     main.add_command(report)
     main.add_command(eval_command)
+    main.add_command(k8s)
 
 
 _register_commands()
