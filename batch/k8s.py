@@ -39,8 +39,6 @@ RENDERED = "<rendered>"
 MAX_RAYJOB_NAME = 47
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-# Words a shell passes through unchanged (shlex.quote leaves exactly these unquoted).
-_PLAIN_WORD = re.compile(r"^[\w@%+=:,./-]+$", re.ASCII)
 
 
 class RenderError(ConfigError):
@@ -138,14 +136,13 @@ def pinned_image(image: str, digest: str | None, allow_tag: bool) -> str:
 def entrypoint_for_submitter(words: list[str]) -> str:
     """`spec.entrypoint` such that the job receives exactly `words`.
 
-    Two shells read it: KubeRay's submitter pastes it into a `/bin/sh` command line
-    (`ray job submit ... -- ENTRYPOINT`), and Ray runs the string its CLI joined from the
-    resulting words with `/bin/sh` on the head. Plain words survive both as they are; otherwise
-    the command is quoted for the head, and that string quoted once more for the submitter.
+    KubeRay's submitter pastes it into a /bin/sh command line (`ray job submit ... --
+    ENTRYPOINT`, ray-operator/controllers/ray/common/job.go); the shell splits it into words,
+    Ray's CLI quotes them again into one string (`shlex.join`, Ray 2.60
+    ray/dashboard/modules/job/cli.py) and Ray runs that with /bin/sh on the head. So each word
+    is quoted once, for a POSIX shell; plain words stay as they are, readable.
     """
-    if all(_PLAIN_WORD.match(word) for word in words):
-        return " ".join(words)
-    return shlex.quote(" ".join(shlex.quote(word) for word in words))
+    return shlex.join(words)
 
 
 @dataclass(frozen=True)

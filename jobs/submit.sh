@@ -13,13 +13,16 @@
 #
 # What it runs on the cluster:
 #
-#   ray job submit --address $RAY_ADDRESS --submission-id <name>-<date> \
-#       --runtime-env-json '{"working_dir": ".", "excludes": [...], "env_vars": {...}}' \
-#       -- "python -m batch run 'jobs/X.yaml' '--date' '<date>' 'ARG'..."
+#   Ray's job API (what `ray job submit` calls) with
+#       submission id  <name>-<date>
+#       runtime env    {"working_dir": ".", "excludes": [...], "env_vars": {...}}
+#       entry point    python -m batch run jobs/X.yaml --date <date> ARGS...
 #
-# Every argument arrives literally: Ray joins the entry point into one string that a shell
-# (/bin/sh) on the head runs, so each argument is single-quoted here (POSIX: ' becomes '\'').
-# A value holding $(...), backticks, ;, quotes or spaces reaches `python -m batch run` as typed.
+# Every argument arrives literally: Ray runs the entry point as one string with /bin/sh on
+# the head, so the script builds that string itself, each word quoted for a POSIX shell
+# (Python's shlex.join: 'it'"'"'s'), and submits it through Ray's Python client, whatever a
+# `ray` CLI version would do with separate words. A value holding $(...), backticks, ;,
+# quotes or spaces reaches `python -m batch run` as typed.
 #
 # The package travels with the submission: the working directory (this repository, less
 # .gitignore'd files and the excludes below) is uploaded and is the job's current directory
@@ -77,9 +80,7 @@ usage() {
   exit "${1:-$INVALID}"
 }
 
-# One argument as a POSIX shell word: inside single quotes nothing is special but the quote
-# itself, written as '\'' (close, escaped quote, reopen).
-shell_quote() { local q="'\\''"; printf "'%s'" "${1//\'/$q}"; }
+
 
 # --- arguments ---------------------------------------------------------------------------
 JOB=""
@@ -147,30 +148,39 @@ RAY_BIN="$(command -v ray)"
 PYTHON="${PYTHON:-$(dirname "$RAY_BIN")/python}"
 [[ -x "$PYTHON" ]] || PYTHON=python3
 
-# The entry point as Ray will store it and /bin/sh on the head will run it: every word quoted.
-ENTRYPOINT="python -m batch run"
-for word in "$JOB_REL" --date "$DATE" ${EXTRA[@]+"${EXTRA[@]}"}; do
-  ENTRYPOINT+=" $(shell_quote "$word")"
-done
+# The job's command, word by word: `ask` quotes it into the entry point (shlex.join).
+JOB_WORDS=(python -m batch run "$JOB_REL" --date "$DATE" ${EXTRA[@]+"${EXTRA[@]}"})
 JOB_SHA="$("$PYTHON" -c 'import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest())' "$JOB_PATH")"
 
 # `ask list BASE`: "<attempt> <submission id> <status> <exit> <same>" for every attempt of
 # BASE, oldest first: <exit> the job's exit code ("-" while it runs or when unknown), <same> 1
 # when that attempt ran this very entry point and job file.
-# `ask status ID`: "<status> <exit>" of ID, or NOT_FOUND. Exit 1 when the cluster cannot be asked.
+# `ask status ID`: "<status> <exit>" of ID, or NOT_FOUND.
+# `ask submit ID`: submit the job's command as ID (RUNTIME_ENV_JSON, METADATA).
+# Exit 1 when the cluster cannot be asked or refuses.
 ask() {
-  ENTRYPOINT="$ENTRYPOINT" JOB_SHA="$JOB_SHA" "$PYTHON" - "$ADDRESS" "$@" <<'PY'
+  RUNTIME_ENV_JSON="$RUNTIME_ENV_JSON" METADATA="${METADATA:-}" JOB_SHA="$JOB_SHA" \
+    "$PYTHON" - "$ADDRESS" "$@" "${JOB_WORDS[@]}" <<'PY'
+import json
 import os
 import re
+import shlex
 import sys
 
-address, mode, key = sys.argv[1:4]
+address, mode, key, *words = sys.argv[1:]
+entrypoint = shlex.join(words)  # POSIX quoting of every word: /bin/sh on the head runs it
 try:
     from ray.job_submission import JobSubmissionClient
 
-    jobs = JobSubmissionClient(address).list_jobs()
-except Exception as exc:  # unreachable, unauthorized, not a Ray dashboard
-    print(f"cannot list the jobs at {address}: {exc}", file=sys.stderr)
+    client = JobSubmissionClient(address)
+    if mode == "submit":
+        runtime_env = json.loads(os.environ["RUNTIME_ENV_JSON"])
+        metadata = json.loads(os.environ["METADATA"])
+        client.submit_job(entrypoint=entrypoint, submission_id=key, runtime_env=runtime_env, metadata=metadata)
+        sys.exit(0)
+    jobs = client.list_jobs()
+except Exception as exc:  # unreachable, unauthorized, not a Ray dashboard, id taken
+    print(f"the cluster at {address} did not answer {mode}: {exc}", file=sys.stderr)
     sys.exit(1)
 
 
@@ -185,7 +195,7 @@ def exit_code(job):
 
 def same_command(job):
     metadata = job.metadata or {}
-    return int(job.entrypoint == os.environ["ENTRYPOINT"] and metadata.get("job_sha256") == os.environ["JOB_SHA"])
+    return int(job.entrypoint == entrypoint and metadata.get("job_sha256") == os.environ["JOB_SHA"])
 
 
 if mode == "status":
@@ -279,9 +289,7 @@ if (( tried == 0 )); then ID="$BASE_ID"; else ID="$BASE_ID-attempt$((last_attemp
 
 METADATA="{\"job\": \"$NAME\", \"date\": \"$DATE\", \"attempt\": \"$((tried + 1))\", \"job_file\": \"$JOB_REL\", \"job_sha256\": \"$JOB_SHA\"}"
 echo "$PROG: submitting $JOB_REL for $DATE as $ID to $ADDRESS"
-# One pre-quoted word after `--`: Ray joins the words with spaces, so this is the command run.
-if ! ray job submit --address "$ADDRESS" --submission-id "$ID" --no-wait --log-style record \
-    --runtime-env-json "$RUNTIME_ENV_JSON" --metadata-json "$METADATA" -- "$ENTRYPOINT"; then
+if ! ask submit "$ID"; then
   # Another scheduler may have submitted the same id a moment earlier: then follow that run.
   answer="$(ask status "$ID")" || die $FAILED "cannot reach the cluster at $ADDRESS"
   read -r state code <<<"$answer"

@@ -138,7 +138,7 @@ def render_for(date: str, **extra) -> dict:
 def job_arguments(manifest: dict) -> list[str]:
     """The words the job receives: the entry point through both shells (see batch/k8s.py)."""
     words = shlex.split(manifest["spec"]["entrypoint"])  # the submitter's shell
-    return shlex.split(" ".join(words))  # Ray joins them; the head's shell splits again
+    return shlex.split(shlex.join(words))  # Ray's CLI quotes them; the head's shell splits again
 
 
 def strings(node, path: str = ""):
@@ -293,10 +293,13 @@ def test_image_pinning():
 
 
 def test_arguments_reach_the_job_literally_through_the_submitter_and_head_shells(tmp_path):
-    """Replays what runs on Kubernetes: KubeRay's submitter pastes spec.entrypoint into a
-    /bin/sh command line after `ray job submit ... --`; Ray joins the words it gets with spaces
-    and runs that with /bin/sh on the head. A `python` that prints its arguments stands in for
-    the job."""
+    """Replays what runs on Kubernetes with the real programs: KubeRay's submitter pastes
+    spec.entrypoint into a /bin/sh command line after `ray job submit ... --`; Ray's CLI turns
+    the words it gets into one string (its own code, below) that the head runs with /bin/sh.
+    A `python` that prints its arguments stands in for the job. (tests/test_deploy.py does the
+    same on a real Ray head.)"""
+    from ray.dashboard.modules.job import cli as ray_job_cli
+
     marker = tmp_path / "pwned"
     value = f"x=$(touch {marker}) `touch {marker}`; touch {marker} 'single' \"double\" \\ back"
     bin_dir = tmp_path / "bin"
@@ -306,10 +309,12 @@ def test_arguments_reach_the_job_literally_through_the_submitter_and_head_shells
     fake_python.chmod(0o755)
     words = ["python", "-m", "batch", "run", "jobs/nightly_translation.yaml", "--date", "2026-11-24", "--set", value]
     entrypoint = entrypoint_for_submitter(words)
-    # the submitter: `ray job submit ... -- <entrypoint> ;` read by /bin/sh; what Ray's CLI gets
+    # the submitter's shell: the words `ray job submit` receives after `--`
     submitter = subprocess.run(["/bin/sh", "-c", f"{sys.executable} -c 'import json, sys; print(json.dumps(sys.argv[1:]))' {entrypoint} ;"],
                                capture_output=True, text=True, check=True)  # fmt: skip
-    joined = " ".join(json.loads(submitter.stdout))
+    received = json.loads(submitter.stdout)
+    assert "shlex.join(entrypoint)" in Path(ray_job_cli.__file__).read_text()  # how Ray's CLI joins them
+    joined = shlex.join(received)
     # the head: Ray's job supervisor runs the joined string with a shell
     head = subprocess.run(["/bin/sh", "-c", joined], env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
                           capture_output=True, text=True, check=True)  # fmt: skip
