@@ -50,7 +50,7 @@ class AttemptLog:
         self.record(message)
 
     def record(self, message: str) -> None:
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
+        stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         self._lines.extend(f"{stamp} {line}" for line in str(message).splitlines() or [""])
         if time.monotonic() - self._last_flush >= self._flush_seconds:
             self.flush()

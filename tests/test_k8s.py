@@ -321,3 +321,47 @@ def test_arguments_reach_the_job_literally_through_the_submitter_and_head_shells
     assert json.loads(head.stdout) == words[1:]
     assert not marker.exists()
     assert entrypoint_for_submitter(words[:7]) == " ".join(words[:7])  # plain words stay readable
+
+
+# --- what a retry of a published date reports, and its attempt log -----------------------------
+
+
+def test_a_retry_of_a_partial_publish_stays_partial_and_logs_next_to_the_output(tmp_path):
+    """The path every retry of a published date takes (no Ray, no engine): the manifest's
+    unreadable inputs keep the exit at 2 and the PARTIAL line; the attempt's log lands in
+    <output>/_logs/<run id>.log. tests/test_deploy.py runs the same on a real head and S3."""
+    from conftest import run_cli, write_job
+
+    out = tmp_path / "out"
+    out.mkdir()
+    bad = {"uri": str(tmp_path / "in" / "broken.parquet"), "reason": "not a readable Parquet file"}
+    (out / "_manifest.json").write_text(json.dumps({"run_id": "r1", "rows": 5, "unreadable_inputs": [bad]}))
+    (out / "_SUCCESS").write_text("{}")
+    job = write_job(tmp_path / "job.yaml", {
+        "name": "retry-check", "input": {"uris": [str(tmp_path / "in")]}, "output": {"uri": str(out)},
+        "tasks": {"translation": {"model": str(tmp_path / "model"), "target_languages": ["en"]}},
+    })  # fmt: skip
+    for _ in range(2):
+        result = run_cli("run", str(job))
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert f"unreadable input {bad['uri']}: {bad['reason']}" in result.stdout
+        assert result.stdout.splitlines()[-1] == f"PARTIAL: already published with unreadable inputs: {out}"
+    logs = sorted((out / "_logs").glob("*.log"))
+    assert len(logs) == 2
+    for log in logs:
+        lines = log.read_text().splitlines()
+        assert lines[-1].endswith(f"PARTIAL: already published with unreadable inputs: {out}")
+        assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z log: ", lines[0]), lines[0]
+
+    (out / "_manifest.json").write_text(json.dumps({"run_id": "r1", "rows": 5, "unreadable_inputs": []}))
+    complete = run_cli("run", str(job))
+    assert complete.returncode == 0 and complete.stdout.splitlines()[-1] == f"SUCCEEDED: already published: {out}"
+
+
+def test_usage_and_config_errors_exit_3(tmp_path):
+    from conftest import run_cli
+
+    missing = run_cli("run")
+    assert missing.returncode == 3 and "Missing argument" in missing.stderr
+    not_found = run_cli("run", str(tmp_path / "nope.yaml"))
+    assert not_found.returncode == 3 and not_found.stderr.strip().splitlines()[-1].startswith("INVALID: ")
