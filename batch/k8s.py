@@ -244,3 +244,42 @@ def _placeholders(node: Any, path: str = "") -> list[str]:
     if isinstance(node, list):
         return [p for i, value in enumerate(node) for p in _placeholders(value, f"{path}[{i}]")]
     return [path] if isinstance(node, str) and RENDERED in node else []
+
+
+# --- what a scheduler sees -------------------------------------------------------------------
+
+RUNNING = 4  # `k8s status`: the RayJob has not ended yet (not an outcome: poll again)
+_EXIT_CODE = re.compile(r"exit code (\d+)")
+# KubeRay's reasons for a failed RayJob (status.reason) that are not the job's own exit.
+_RETRY_MAY_HELP = {"DeadlineExceeded", "PreRunningDeadlineExceeded", "SubmissionFailed",
+                   "JobDeploymentStatusTransitionGracePeriodExceeded"}  # fmt: skip
+
+
+def rayjob_outcome(rayjob: dict[str, Any]) -> tuple[int, str]:
+    """The exit status a scheduler acts on (batch/outcome.py; RUNNING while it goes on), and
+    why, from a RayJob's status as `kubectl get rayjob NAME -o json` shows it.
+
+    A Ray job that exits non-zero is FAILED to Ray and KubeRay alike; the job's own exit code
+    survives only in the message Ray writes ("Job entrypoint command failed with exit code 2,
+    ...") and KubeRay copies into status.message, so that is where 2 and 3 are read from.
+    """
+    from batch.outcome import Exit
+
+    status = rayjob.get("status") or {}
+    deployment = status.get("jobDeploymentStatus", "")
+    job_status = status.get("jobStatus", "")
+    reason = status.get("reason", "")
+    why = f"jobDeploymentStatus={deployment or '-'} jobStatus={job_status or '-'}" + (f" reason={reason}" if reason else "")
+    if deployment == "ValidationFailed" or reason == "ValidationFailed":
+        return Exit.INVALID, f"{why}: KubeRay refused the manifest: {status.get('message', '')}"
+    if deployment not in ("Complete", "Failed"):
+        return RUNNING, why
+    if job_status == "SUCCEEDED":
+        return Exit.SUCCEEDED, why
+    if reason in _RETRY_MAY_HELP:
+        return Exit.FAILED, f"{why}: {status.get('message', '')}".rstrip(": ")
+    match = _EXIT_CODE.search(status.get("message", ""))
+    code = int(match.group(1)) if match else None
+    if code in (Exit.PARTIAL, Exit.INVALID):
+        return Exit(code), f"{why}: the job exited {code} ({Exit(code).name})"
+    return Exit.FAILED, f"{why}: the job exited {code if code is not None else 'without an exit code'}"

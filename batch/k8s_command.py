@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -45,3 +46,22 @@ def render_command(job_file, run_date, image, image_digest, allow_tag, overrides
         click.echo(f"INVALID: {exc}", err=True)
         sys.exit(Exit.INVALID)
     click.echo(to_yaml(manifest), nl=False)
+
+
+@k8s.command("status")
+def status_command():
+    """Read a RayJob (`kubectl get rayjob NAME -o json`) on stdin; print its outcome and exit
+    with it: 0 succeeded, 1 failed (a retry may help), 2 partial, 3 invalid, 4 still running."""
+    from batch.k8s import RUNNING, rayjob_outcome
+
+    text = sys.stdin.read()
+    try:
+        rayjob = json.loads(text)
+    except json.JSONDecodeError:
+        click.echo("FAILED: no RayJob on stdin (kubectl get rayjob NAME -o json | python -m batch k8s status)", err=True)
+        sys.exit(Exit.FAILED)
+    code, why = rayjob_outcome(rayjob)
+    name = rayjob.get("metadata", {}).get("name", "?")
+    word = "RUNNING" if code == RUNNING else Exit(code).name
+    click.echo(f"{word}: {name}: {why}")
+    sys.exit(int(code))

@@ -365,3 +365,40 @@ def test_usage_and_config_errors_exit_3(tmp_path):
     assert missing.returncode == 3 and "Missing argument" in missing.stderr
     not_found = run_cli("run", str(tmp_path / "nope.yaml"))
     assert not_found.returncode == 3 and not_found.stderr.strip().splitlines()[-1].startswith("INVALID: ")
+
+
+# --- what the scheduler sees: RayJob status -> exit status -----------------------------------
+
+
+def rayjob_with(deployment: str, job_status: str = "", reason: str = "", message: str = "") -> dict:
+    status = {k: v for k, v in {"jobDeploymentStatus": deployment, "jobStatus": job_status,
+                                 "reason": reason, "message": message}.items() if v}  # fmt: skip
+    return {"metadata": {"name": "nightly-translation-2026-11-24"}, "status": status}
+
+
+RAY_FAILED = "Job entrypoint command failed with exit code {}, last available logs (truncated to 20,000 chars):\n..."
+
+
+@pytest.mark.parametrize(
+    "rayjob, expected",
+    [
+        (rayjob_with("Running", "RUNNING"), 4),
+        (rayjob_with("Retrying", "FAILED", message=RAY_FAILED.format(1)), 4),
+        (rayjob_with("Initializing"), 4),
+        (rayjob_with("Complete", "SUCCEEDED"), 0),
+        (rayjob_with("Failed", "FAILED", "AppFailed", RAY_FAILED.format(1)), 1),
+        (rayjob_with("Failed", "FAILED", "AppFailed", RAY_FAILED.format(2)), 2),
+        (rayjob_with("Failed", "FAILED", "AppFailed", RAY_FAILED.format(3)), 3),
+        (rayjob_with("Complete", "FAILED", message=RAY_FAILED.format(2)), 2),  # KubeRay before 1.2
+        (rayjob_with("Complete", "STOPPED"), 1),
+        (rayjob_with("Failed", "RUNNING", "DeadlineExceeded", "The RayJob has passed the activeDeadlineSeconds."), 1),
+        (rayjob_with("Failed", "", "PreRunningDeadlineExceeded"), 1),
+        (rayjob_with("Failed", "", "SubmissionFailed"), 1),
+        (rayjob_with("ValidationFailed", "", "ValidationFailed", "invalid RayJob spec"), 3),
+    ],
+)
+def test_the_status_a_scheduler_reads_maps_to_the_jobs_exit_meaning(rayjob, expected):
+    result = subprocess.run([sys.executable, "-m", "batch", "k8s", "status"], input=json.dumps(rayjob), cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == expected, result.stdout + result.stderr
+    assert len(result.stdout.splitlines()) == 1 and "nightly-translation-2026-11-24" in result.stdout
