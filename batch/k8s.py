@@ -136,7 +136,7 @@ def pinned_image(image: str, digest: str | None, allow_tag: bool) -> str:
 def entrypoint_for_submitter(words: list[str]) -> str:
     """`spec.entrypoint` such that the job receives exactly `words`.
 
-    KubeRay's submitter pastes it into a /bin/sh command line (`ray job submit ... --
+    KubeRay's submitter pastes it into a shell command line (`ray job submit ... --
     ENTRYPOINT`, ray-operator/controllers/ray/common/job.go); the shell splits it into words,
     Ray's CLI quotes them again into one string (`shlex.join`, Ray 2.60
     ray/dashboard/modules/job/cli.py) and Ray runs that with /bin/sh on the head. So each word

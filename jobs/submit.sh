@@ -166,22 +166,37 @@ import os
 import re
 import shlex
 import sys
+import time
 
 address, mode, key, *words = sys.argv[1:]
 entrypoint = shlex.join(words)  # POSIX quoting of every word: /bin/sh on the head runs it
-try:
+
+
+def ask_cluster():
     from ray.job_submission import JobSubmissionClient
 
     client = JobSubmissionClient(address)
     if mode == "submit":
         runtime_env = json.loads(os.environ["RUNTIME_ENV_JSON"])
         metadata = json.loads(os.environ["METADATA"])
-        client.submit_job(entrypoint=entrypoint, submission_id=key, runtime_env=runtime_env, metadata=metadata)
-        sys.exit(0)
-    jobs = client.list_jobs()
-except Exception as exc:  # unreachable, unauthorized, not a Ray dashboard, id taken
-    print(f"the cluster at {address} did not answer {mode}: {exc}", file=sys.stderr)
-    sys.exit(1)
+        return client.submit_job(entrypoint=entrypoint, submission_id=key, runtime_env=runtime_env, metadata=metadata)
+    return client.list_jobs()
+
+
+for attempt in range(1, 4):
+    try:
+        jobs = ask_cluster()
+        break
+    except ConnectionError as exc:  # a dashboard busy or restarting: ask again, briefly
+        if attempt == 3:
+            print(f"the cluster at {address} did not answer {mode}: {exc}", file=sys.stderr)
+            sys.exit(1)
+        time.sleep(3 * attempt)
+    except Exception as exc:  # unauthorized, not a Ray dashboard, id taken
+        print(f"the cluster at {address} did not answer {mode}: {exc}", file=sys.stderr)
+        sys.exit(1)
+if mode == "submit":
+    sys.exit(0)
 
 
 def status(job):
