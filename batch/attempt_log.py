@@ -9,7 +9,7 @@ The file is rewritten whole (object stores have no append): at most every
 `FLUSH_SECONDS` when a line arrives, on SIGTERM (`ray job stop`, a pod deleted), and at the end
 of the attempt whatever its outcome. A SIGKILL (OOM killer, a node lost) loses the lines since
 the last write. Readers skip `_`-prefixed names, so the log never looks like data. Writing it
-never fails the run: a storage error is reported once on stderr.
+never fails the run: a storage error is reported once on stderr, and later writes try again.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from typing import Callable
 
@@ -30,13 +31,16 @@ FLUSH_SECONDS = 30.0
 
 
 class AttemptLog:
+    """The lines of one attempt, printed as they come and written under the output once it is
+    known (`place`)."""
+
     def __init__(self, echo: Callable[..., None], flush_seconds: float = FLUSH_SECONDS):
         self._echo = echo
         self._lines: list[str] = []
         self._target: Location | None = None
         self._flush_seconds = flush_seconds
         self._last_flush = 0.0
-        self._broken = False
+        self._warned = False
         self.handler = _Handler(self)
 
     def place(self, output_uri: str, storage: StorageConfig, run_id: str) -> str:
@@ -56,15 +60,16 @@ class AttemptLog:
             self.flush()
 
     def flush(self) -> None:
-        if self._target is None or self._broken:
+        if self._target is None:
             return
         self._last_flush = time.monotonic()
         data = ("\n".join(self._lines) + "\n").encode("utf-8")
         try:
             _write(self._target, data)
-        except Exception as exc:  # noqa: BLE001 - the log must never fail the run
-            self._broken = True
-            print(f"warning: cannot write the attempt log {self._target.uri}: {exc}", file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001 - the log must never fail the run; later writes try again
+            if not self._warned:
+                self._warned = True
+                print(f"warning: cannot write the attempt log {self._target.uri}: {exc}", file=sys.stderr)
 
 
 class Stopped(Exception):
@@ -80,7 +85,8 @@ def stop_on_sigterm(log: AttemptLog) -> None:
         log.flush()
         raise Stopped("stopped by SIGTERM (ray job stop, or the pod was deleted)")
 
-    signal.signal(signal.SIGTERM, stop)
+    if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+        signal.signal(signal.SIGTERM, stop)
 
 
 class _Handler(logging.Handler):

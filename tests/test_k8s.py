@@ -15,6 +15,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -402,3 +403,28 @@ def test_the_status_a_scheduler_reads_maps_to_the_jobs_exit_meaning(rayjob, expe
                             env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == expected, result.stdout + result.stderr
     assert len(result.stdout.splitlines()) == 1 and "nightly-translation-2026-11-24" in result.stdout
+
+
+def test_sigterm_writes_the_attempt_log_before_the_run_unwinds(tmp_path):
+    """`ray job stop` and a deleted pod send SIGTERM, then SIGKILL after a grace period: the
+    log is written in the handler itself, before anything else gets a chance to hang."""
+    import signal
+
+    from batch.attempt_log import AttemptLog, Stopped, stop_on_sigterm
+    from batch.config import StorageConfig
+
+    printed = []
+    log = AttemptLog(lambda message, err=False: printed.append(message), flush_seconds=3600)
+    target = log.place(str(tmp_path / "out"), StorageConfig(), "20261124T000000Z-test")
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        stop_on_sigterm(log)
+        log.echo("progress: 10/20 rows (50%)")
+        with pytest.raises(Stopped):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises in this thread before the sleep ends
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    lines = Path(target).read_text().splitlines()
+    assert lines[0].endswith("progress: 10/20 rows (50%)") and lines[-1].endswith("stopped: SIGTERM received")
+    assert printed == ["progress: 10/20 rows (50%)"]
