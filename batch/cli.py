@@ -133,7 +133,8 @@ def _disconnect_ray() -> None:
 @main.command()
 @_job_options
 def validate(job_file, input_uris, output_uri, overrides, run_date):
-    """Check JOB_FILE, its inputs and its output without starting any engine."""
+    """Check JOB_FILE, its inputs and its output without starting any engine. Exit 0 valid,
+    3 invalid (each problem named), 1 the storage could not be asked."""
     from batch.io.storage import StorageError
     from batch.pipeline import check_models
     from batch.validate import validate_job_inputs
@@ -145,8 +146,8 @@ def validate(job_file, input_uris, output_uri, overrides, run_date):
     except ConfigError as exc:
         click.echo(f"INVALID: {exc}", err=True)
         sys.exit(Exit.INVALID)
-    except StorageError as exc:  # storage unreachable: asking again later may work
-        click.echo(f"FAILED: {exc}", err=True)
+    except StorageError as exc:  # the inputs could not be checked: asking again later may work
+        click.echo(f"INVALID: {exc}", err=True)
         sys.exit(Exit.FAILED)
     for note in notes:
         click.echo(note)

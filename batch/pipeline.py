@@ -202,7 +202,7 @@ def _already_published(output: Output, summary: RunSummary, echo: Callable[[str]
     manifest's unreadable inputs keep a partial result partial on every retry (exit 2)."""
     manifest = output.location.join(MANIFEST)
     unreadable = manifest.read_json().get("unreadable_inputs", []) if manifest.exists() else []
-    summary.unreadable_inputs = [{"uri": bad["uri"], "reason": bad["reason"]} for bad in unreadable]
+    summary.unreadable_inputs = [{"uri": bad["uri"], "reason": bad["reason"], "rows": bad.get("rows")} for bad in unreadable]
     summary.status = "already published with unreadable inputs" if unreadable else "already published"
     echo(f"{summary.output} is {summary.status} (_SUCCESS exists); nothing to do. Use --overwrite to redo it.")
     return summary

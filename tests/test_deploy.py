@@ -501,7 +501,8 @@ def test_a_failed_run_exits_1_and_a_retry_is_a_new_attempt(ray_head, s3):
     failed = submit(ray_head, *args)
     assert failed.returncode == 1, output_of(failed)
     assert last_line(failed.stdout).startswith(f"submit.sh: {base} FAILED"), output_of(failed)
-    assert "object storage failed" in driver_last_line(ray_head.logs(base))
+    failure = driver_last_line(ray_head.logs(base))
+    assert failure.startswith("FAILED: s3://corpus-annotated/translation/2026-11-23/") and "object storage" in failure, failure
 
     retried = submit(ray_head, *args)
     assert retried.returncode == 1, output_of(retried)
