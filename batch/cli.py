@@ -3,18 +3,25 @@
     python -m batch run JOB.yaml [--input URI]... [--output URI] [--set KEY=VALUE]... [--overwrite]
     python -m batch validate JOB.yaml [same options]
     python -m batch demo [--output DIR]
+    python -m batch k8s render JOB.yaml --date YYYY-MM-DD --image IMAGE@sha256:... [--set KEY=VALUE]...
+
+Exit status (batch/outcome.py): 0 succeeded, 1 failed (a retry resumes), 2 published with
+unreadable inputs, 3 invalid job or arguments (not worth retrying).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import sys
 from pathlib import Path
 
 import click
 
+from batch.attempt_log import AttemptLog, stop_on_sigterm
 from batch.config import ConfigError, JobConfig, load_job
+from batch.outcome import Exit, exit_for_summary
 
 
 def _job_options(command):
@@ -29,14 +36,34 @@ def _job_options(command):
 
 def _load(job_file: Path, input_uris, output_uri, overrides, run_date) -> JobConfig:
     extra = list(overrides)
+    # JSON is YAML: any character in a URI survives the override's YAML reading.
     if input_uris:
-        extra.append("input.uris=[" + ", ".join(f'"{uri}"' for uri in input_uris) + "]")
+        extra.append("input.uris=" + json.dumps(list(input_uris)))
     if output_uri:
-        extra.append(f'output.uri="{output_uri}"')
+        extra.append("output.uri=" + json.dumps(output_uri))
     return load_job(job_file, extra, run_date=run_date.date() if run_date else None)
 
 
-@click.group()
+class _Cli(click.Group):
+    """Click exits 2 on a usage error; here 2 means a partial publish, so usage errors exit 3
+    (INVALID: not worth retrying) like every other mistake in the command."""
+
+    def main(self, *args, **kwargs):
+        if not kwargs.pop("standalone_mode", True):
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(Exit.FAILED)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(Exit.INVALID)
+
+
+@click.group(cls=_Cli)
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
 def main(verbose: bool) -> None:
     """Batch translation and sentiment tagging of Parquet corpora with vLLM on Ray Data."""
@@ -48,29 +75,52 @@ def main(verbose: bool) -> None:
 @click.option("--overwrite", is_flag=True, help="Redo a run whose output is already published.")
 @click.option("--address", envvar="RAY_ADDRESS", help="Ray cluster address (default: start a local cluster).")
 def run(job_file, input_uris, output_uri, overrides, run_date, overwrite, address):
-    """Run JOB_FILE: read, annotate and publish."""
+    """Run JOB_FILE: read, annotate and publish. Exit 0 published, 1 failed (a retry resumes),
+    2 published with unreadable inputs, 3 invalid job or arguments (see batch/outcome.py)."""
+    log = AttemptLog(click.echo)
+    batch_logger = logging.getLogger("batch")
+    batch_logger.addHandler(log.handler)
+    stop_on_sigterm(log)
+    try:
+        code = _run_attempt(log, job_file, input_uris, output_uri, overrides, run_date, overwrite, address)
+    finally:
+        batch_logger.removeHandler(log.handler)
+        log.flush()  # the attempt's log, whatever the outcome
+    sys.exit(code)
+
+
+def _run_attempt(log: AttemptLog, job_file, input_uris, output_uri, overrides, run_date, overwrite, address) -> Exit:
     from batch.io.storage import StorageError
-    from batch.pipeline import RunFailed, run as run_job
+    from batch.pipeline import RunFailed, new_run_id, run as run_job
 
     try:
         job = _load(job_file, input_uris, output_uri, overrides, run_date)
+    except ConfigError as exc:  # no output known yet: this attempt's log is stdout only
+        log.echo(f"INVALID: {exc}", err=True)
+        return Exit.INVALID
+    run_id = new_run_id()
+    log.echo(f"log: {log.place(job.output.uri, job.storage, run_id)}")
+    try:
         try:
-            summary = run_job(job, overwrite=overwrite, ray_address=address, echo=click.echo)
+            summary = run_job(job, overwrite=overwrite, ray_address=address, echo=log.echo, run_id=run_id)
         finally:
             _disconnect_ray()  # workers' late log lines must not land after our last line
-    except (ConfigError, RunFailed, StorageError) as exc:
-        click.echo(f"FAILED: {exc}", err=True)
-        sys.exit(1)
+    except ConfigError as exc:
+        log.echo(f"INVALID: {exc}", err=True)
+        return Exit.INVALID
+    except (RunFailed, StorageError) as exc:
+        log.echo(f"FAILED: {exc}", err=True)
+        return Exit.FAILED
     except Exception as exc:  # noqa: BLE001 - the last line must say FAILED, whatever happened
         logging.getLogger("batch").exception("run failed")
-        click.echo(f"FAILED: {type(exc).__name__}: {exc}", err=True)
-        sys.exit(1)
+        log.echo(f"FAILED: {type(exc).__name__}: {exc}", err=True)
+        return Exit.FAILED
     for line in summary.lines():
-        click.echo(line)
-    ok = summary.status in ("published", "already published")
+        log.echo(line)
+    code = exit_for_summary(summary.status, summary.unreadable_inputs)
     # Exit 2: published, but some input files could not be read (they are in the manifest).
-    click.echo(f"{'SUCCEEDED' if ok else 'PARTIAL'}: {summary.status}: {summary.output}")
-    sys.exit(0 if ok else 2)
+    log.echo(f"{'SUCCEEDED' if code == Exit.SUCCEEDED else 'PARTIAL'}: {summary.status}: {summary.output}")
+    return code
 
 
 def _disconnect_ray() -> None:
@@ -83,7 +133,8 @@ def _disconnect_ray() -> None:
 @main.command()
 @_job_options
 def validate(job_file, input_uris, output_uri, overrides, run_date):
-    """Check JOB_FILE, its inputs and its output without starting any engine."""
+    """Check JOB_FILE, its inputs and its output without starting any engine. Exit 0 valid,
+    3 invalid (each problem named), 1 the storage could not be asked."""
     from batch.io.storage import StorageError
     from batch.pipeline import check_models
     from batch.validate import validate_job_inputs
@@ -92,20 +143,23 @@ def validate(job_file, input_uris, output_uri, overrides, run_date):
         job = _load(job_file, input_uris, output_uri, overrides, run_date)
         check_models(job)
         problems, notes = validate_job_inputs(job)
-    except (ConfigError, StorageError) as exc:
+    except ConfigError as exc:
         click.echo(f"INVALID: {exc}", err=True)
-        sys.exit(1)
+        sys.exit(Exit.INVALID)
+    except StorageError as exc:  # the inputs could not be checked: asking again later may work
+        click.echo(f"INVALID: {exc}", err=True)
+        sys.exit(Exit.FAILED)
     except Exception as exc:  # noqa: BLE001 - validate names what is wrong, never with a traceback
         detail = (str(exc).strip().splitlines() or [""])[0]
         click.echo(f"INVALID: {job_file}: {type(exc).__name__}: {detail}", err=True)
-        sys.exit(1)
+        sys.exit(Exit.INVALID)
     for note in notes:
         click.echo(note)
     for problem in problems:
         click.echo(f"problem: {problem}", err=True)
     if problems:
         click.echo(f"INVALID: {len(problems)} problem(s) in {job_file}", err=True)
-        sys.exit(1)
+        sys.exit(Exit.INVALID)
     click.echo(f"OK: {job_file}")
 
 
@@ -138,10 +192,12 @@ def demo(output_dir, workdir, job_file):
 def _register_commands() -> None:
     """Commands that live beside the modules they drive."""
     from batch.evaluate_command import eval_command
+    from batch.k8s_command import k8s
     from batch.report.command import report
 
     main.add_command(report)
     main.add_command(eval_command)
+    main.add_command(k8s)
 
 
 _register_commands()

@@ -166,22 +166,27 @@ def validate_job(raw: dict[str, Any], *, source: str = "job", run_date: dt.date 
         raise ConfigError(f"{source}: invalid job file:\n" + format_validation_error(exc)) from None
     from batch.cache import default_cache_uri
 
-    uri = fill_date(job.output.uri, run_date or dt.datetime.now(dt.timezone.utc).date(), source)
+    run_date = run_date or dt.datetime.now(dt.timezone.utc).date()
+    uri = fill_date(job.output.uri, run_date, source)
+    # An input may name the day's drop by its date too (s3://corpus-raw/posts/{date}/), so that
+    # `--date` alone chooses what a scheduled run reads and where it writes.
+    input_uris = [fill_date(u, run_date, source, field=f"input.uris[{i}]") for i, u in enumerate(job.input.uris)]
     cache_uri = job.cache.uri or default_cache_uri(job.output.uri)
     if "{" in cache_uri:
         raise ConfigError(f"{source}: cache.uri: no placeholders here; the cache is shared by every run date")
     return job.model_copy(
         update={
+            "input": job.input.model_copy(update={"uris": input_uris}),
             "output": job.output.model_copy(update={"uri": uri}),
             "cache": job.cache.model_copy(update={"uri": cache_uri}),
         }
     )
 
 
-def fill_date(uri: str, run_date: dt.date, source: str) -> str:
+def fill_date(uri: str, run_date: dt.date, source: str, field: str = "output.uri") -> str:
     unknown = [name for name in _PLACEHOLDER.findall(uri) if name != "date"]
     if unknown:
-        raise ConfigError(f"{source}: output.uri: unknown placeholder {{{unknown[0]}}}; the only one is {{date}}")
+        raise ConfigError(f"{source}: {field}: unknown placeholder {{{unknown[0]}}}; the only one is {{date}}")
     return uri.replace("{date}", run_date.isoformat())
 
 

@@ -34,7 +34,7 @@ from batch.infer.engine import EngineSpec, batch_size_for, resolve_engine_settin
 from batch.infer.stage import EngineCallFailed, EngineHealth, InferenceStage, StageSpec
 from batch.io.read import BadInput, InputFile, make_reader, output_schema, plan_inputs, read_slices
 from batch.io.storage import Location
-from batch.io.write import STAGING, FileProgress, Output, make_part_writer
+from batch.io.write import MANIFEST, STAGING, FileProgress, Output, make_part_writer
 from batch.parse import ParseStage
 from batch.prepare import PrepareStage, TextStageSpec
 from batch.summary import RunSummary
@@ -145,17 +145,16 @@ def run(
     overwrite: bool = False,
     ray_address: str | None = None,
     echo: Callable[[str], None] = print,
+    run_id: str | None = None,
 ) -> RunSummary:
     started = time.time()
-    run_id = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    run_id = run_id or new_run_id()
     identity = resolve_run(job)  # once: weights are identified here and nowhere else
     output = Output(Location(job.output.uri, job.storage), identity.fingerprint)
     summary = RunSummary(run_id=run_id, job=job.redacted(), output=job.output.uri, started=started)
 
     if output.is_published() and not overwrite:
-        echo(f"{job.output.uri} is already published (_SUCCESS exists); nothing to do. Use --overwrite to redo it.")
-        summary.status = "already published"
-        return summary
+        return _already_published(output, summary, echo)
 
     # plan
     check_models(job)
@@ -208,6 +207,22 @@ def run(
     }  # fmt: skip
     summary.status = "published" if not unreadable else "published with unreadable inputs"
     output.publish(list(committed.values()), manifest, summary.to_dict())
+    return summary
+
+
+def new_run_id() -> str:
+    """Sortable by start time, unique per attempt: names the attempt's parts and its log."""
+    return f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+
+
+def _already_published(output: Output, summary: RunSummary, echo: Callable[[str], None]) -> RunSummary:
+    """A retry of a published date does nothing, but says what the publish said: the
+    manifest's unreadable inputs keep a partial result partial on every retry (exit 2)."""
+    manifest = output.location.join(MANIFEST)
+    unreadable = manifest.read_json().get("unreadable_inputs", []) if manifest.exists() else []
+    summary.unreadable_inputs = [{"uri": bad["uri"], "reason": bad["reason"], "rows": bad.get("rows")} for bad in unreadable]
+    summary.status = "already published with unreadable inputs" if unreadable else "already published"
+    echo(f"{summary.output} is {summary.status} (_SUCCESS exists); nothing to do. Use --overwrite to redo it.")
     return summary
 
 

@@ -218,7 +218,7 @@ def test_validate_finds_bad_input_without_an_engine(tmp_path):
     build_corpus(tmp_path / "in")
     job = write_job(tmp_path / "job.yaml", job_definition(str(tmp_path / "in"), str(tmp_path / "out"), "unused"))
     result = run_cli("validate", str(job))
-    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.returncode == 3, result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     problems = [line for line in result.stderr.splitlines() if line.startswith("problem: ")]
     assert len(problems) == 6, result.stderr
@@ -279,7 +279,7 @@ def test_conflicting_column_types_stop_before_any_engine(tmp_path):
     expected = re.compile(r"input column 'likes' has type string in \S*two\.parquet but int64 in \S*one\.parquet")
     for command in ("validate", "run"):
         result = run_cli(command, str(job))
-        assert result.returncode == 1 and expected.search(result.stderr), (command, result.stderr)
+        assert result.returncode == 3 and expected.search(result.stderr), (command, result.stderr)
     assert not (tmp_path / "out" / "_SUCCESS").exists()
 
 

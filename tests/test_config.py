@@ -80,7 +80,7 @@ def test_validate_names_file_and_columns(tmp_path):
     pq.write_table(pa.table({"id": ["b"], "text": [3]}), tmp_path / "in" / "two.parquet")
     job = write_job(tmp_path / "job.yaml", dict(BASE, input={"uris": str(tmp_path / "in"), "id_column": "id"}))
     result = run_cli("validate", str(job), "--output", str(tmp_path / "out"))
-    assert result.returncode == 1
+    assert result.returncode == 3  # INVALID: not worth retrying
     assert "one.parquet: no text column 'text'; its columns: id, body" in result.stderr
     assert "two.parquet: text column 'text' has type int64, expected string" in result.stderr
 
@@ -88,9 +88,9 @@ def test_validate_names_file_and_columns(tmp_path):
 def test_validate_missing_input_and_bad_job(tmp_path):
     job = write_job(tmp_path / "job.yaml", dict(BASE, input={"uris": str(tmp_path / "nowhere")}))
     result = run_cli("validate", str(job))
-    assert result.returncode == 1 and "no Parquet files at" in result.stderr
+    assert result.returncode == 3 and "no Parquet files at" in result.stderr
     result = run_cli("validate", str(tmp_path / "missing.yaml"))
-    assert result.returncode == 1 and "job file not found" in result.stderr
+    assert result.returncode == 3 and "job file not found" in result.stderr
 
 
 def test_result_cache_lives_beside_the_output_for_every_date(tmp_path):

@@ -10,10 +10,12 @@ the KubeRay manifest is checked for shape and for agreeing with the job file it 
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -36,7 +38,6 @@ from conftest import REPO, free_port, write_corpus
 VENV_BIN = Path(sys.executable).parent
 SUBMIT = REPO / "jobs" / "submit.sh"
 CLUSTER_YAML = REPO / "cluster.yaml"
-RAYJOB_YAML = REPO / "jobs" / "kuberay-nightly-translation.yaml"
 JOB_FILES = sorted(p for p in (REPO / "jobs").glob("*.yaml") if not p.name.startswith("kuberay-"))
 CREDENTIAL_NAMES = ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN")
 
@@ -151,21 +152,29 @@ def test_declared_worker_resources_match_rays_aws_detection(monkeypatch):
 
 
 def test_kuberay_rayjob_runs_the_nightly_job_on_l4_gpus_with_token_auth():
+    """The RayJob as rendered for a date (tests/test_k8s.py checks it against KubeRay's API):
+    it runs the job file it names, and its GPU groups can host every replica."""
+    import datetime as dt
+
     import ray
 
-    manifest = yaml.safe_load(RAYJOB_YAML.read_text())
+    from batch.k8s import RenderRequest, render
+
+    manifest = render(RenderRequest(
+        job_file=Path("jobs/nightly_translation.yaml"), run_date=dt.date(2026, 11, 24),
+        image="registry/corpus-batch@sha256:" + "0" * 64, overrides=("tasks.translation.model=s3://models/tower/",),
+    ))  # fmt: skip
     assert manifest["apiVersion"] == "ray.io/v1" and manifest["kind"] == "RayJob"
     spec = manifest["spec"]
-    assert spec["entrypoint"] == "python -m batch run jobs/nightly_translation.yaml"
-    job = load_job(REPO / spec["entrypoint"].split()[-1])
-    assert spec["shutdownAfterJobFinishes"] is True
+    assert spec["entrypoint"].startswith("python -m batch run jobs/nightly_translation.yaml --date 2026-11-24")
+    job = load_job(REPO / spec["entrypoint"].split()[4])
     cluster = spec["rayClusterSpec"]
     assert cluster["rayVersion"] == ray.__version__
     assert cluster["authOptions"]["mode"] == "token"
 
     pods = [cluster["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"] for g in cluster["workerGroupSpecs"]]
     for pod in pods:
-        assert pod["serviceAccountName"] == "corpus-batch"
+        assert pod["serviceAccountName"] in ("corpus-batch-head", "corpus-batch-worker")
         for container in pod["containers"]:
             for var in container.get("env", []):
                 assert not (var["name"] in CREDENTIAL_NAMES and "value" in var), f"{var['name']} written into the manifest"
@@ -181,10 +190,6 @@ def test_kuberay_rayjob_runs_the_nightly_job_on_l4_gpus_with_token_auth():
         assert declared == {f"accelerator_type:{job.engine.accelerator_type}": 1}, group["groupName"]
         capacity += group["maxReplicas"] * (gpus // job.engine.tensor_parallel_size)
     assert capacity >= job.engine.replicas
-
-    account = yaml.safe_load((REPO / "jobs" / "kuberay-service-account.yaml").read_text())
-    assert account["kind"] == "ServiceAccount" and account["metadata"]["name"] == "corpus-batch"
-    assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
 
 
 # --- a real Ray head with token authentication --------------------------------------------
@@ -311,17 +316,61 @@ def ray_head(s3):
         shutil.rmtree(root, ignore_errors=True)
 
 
-def submit(head: Head, *args: str, extra_env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    """jobs/submit.sh as a scheduler runs it: from a machine with the ray CLI and the token,
-    and without any AWS credentials (those belong to the cluster)."""
+def client_env(head: Head, extra_env: dict | None = None) -> dict:
+    """A scheduler's machine: the ray CLI and the token, and no AWS credentials (those belong
+    to the cluster)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_"))}
     env.update(
         PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", RAY_ADDRESS=head.dashboard,
         RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(head.token_path), **(extra_env or {}),
     )  # fmt: skip
+    return env
+
+
+def submit(head: Head, *args: str, extra_env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """jobs/submit.sh as a scheduler runs it."""
     return subprocess.run(
-        [str(SUBMIT), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+        [str(SUBMIT), *args], cwd=REPO, env=client_env(head, extra_env), capture_output=True, text=True, timeout=timeout
     )
+
+
+# The image's /app (the repository) on a KubeRay head, emulated: the repository travels as the
+# working directory, as jobs/submit.sh ships it.
+IMAGE_AS_WORKING_DIR = json.dumps({
+    "working_dir": ".", "env_vars": {"PYTHONUNBUFFERED": "1"},
+    "excludes": [".git", ".venv", "tests", "out", ".demo", ".pytest_cache", "*.egg-info", "__pycache__"],
+})  # fmt: skip
+
+
+def submit_as_kuberay(head: Head, submission_id: str, entrypoint: str) -> dict:
+    """What KubeRay's submitter pod runs for a RayJob (ray-operator/controllers/ray/common/job.go):
+    `ray job submit ... -- <spec.entrypoint> ;` pasted into a /bin/sh command line. Waits for
+    the Ray job to end and returns its record (status, driver_exit_code)."""
+    command = (
+        f"ray job submit --address {head.dashboard} --submission-id {submission_id} --no-wait "
+        f"--runtime-env-json {shlex.quote(IMAGE_AS_WORKING_DIR)} -- {entrypoint} ;"
+    )
+    subprocess.run(["/bin/sh", "-c", command], cwd=REPO, env=client_env(head), check=True,
+                   capture_output=True, text=True, timeout=300)  # fmt: skip
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        job = head.api(f"/api/jobs/{submission_id}")
+        if job["status"] in ("SUCCEEDED", "FAILED", "STOPPED"):
+            return job
+        time.sleep(2)
+    raise AssertionError(f"{submission_id} did not end: {job}")
+
+
+def attempt_logs(s3, output: str) -> list[str]:
+    """The attempt logs under an output folder on S3 (`_logs/<run id>.log`), oldest first."""
+    from pyarrow.fs import FileSelector
+
+    infos = s3.fs.get_file_info(FileSelector(f"{output}/_logs", allow_not_found=True))
+    texts = []
+    for info in sorted(infos, key=lambda i: i.path):
+        with s3.fs.open_input_stream(info.path) as stream:
+            texts.append(stream.read().decode())
+    return texts
 
 
 def output_of(result: subprocess.CompletedProcess) -> str:
@@ -403,7 +452,7 @@ def test_nightly_job_succeeds_through_ray_job_submit(nightly, ray_head, s3):
 
     (job,) = ray_head.jobs(NIGHTLY_ID)  # one run, though submitted twice
     assert job["submission_id"] == NIGHTLY_ID and job["status"] == "SUCCEEDED"
-    assert job["entrypoint"].startswith(f"python -m batch run jobs/nightly_translation.yaml --date {DATE}")
+    assert shlex.split(job["entrypoint"])[:7] == ["python", "-m", "batch", "run", "jobs/nightly_translation.yaml", "--date", DATE]
     assert job["metadata"]["date"] == DATE
     logs = ray_head.logs(NIGHTLY_ID)
     assert "progress: " in logs  # what `ray job logs` shows while it runs
@@ -423,6 +472,10 @@ def test_nightly_job_succeeds_through_ray_job_submit(nightly, ray_head, s3):
     assert summary["rows_in"] == summary["rows_out"] == len(nightly.rows)
     assert summary["job"]["name"] == "nightly-translation" and summary["engines"][0]["device"] == "cpu"
 
+    # the attempt's own log, next to the output: what the driver printed, last line included
+    (log,) = attempt_logs(s3, published)
+    assert f"run {summary['run_id']}: " in log and log.rstrip().endswith(expected), log[-2000:]
+
     # credentials stayed in the cluster's environment: not in the job table, the logs, the summary
     seen = json.dumps(job) + logs + json.dumps(summary)
     assert s3.env["AWS_SECRET_ACCESS_KEY"] not in seen and s3.env["AWS_ACCESS_KEY_ID"] not in seen
@@ -437,17 +490,19 @@ def test_a_second_submit_for_the_same_job_and_date_starts_nothing(nightly, ray_h
     assert [job["submission_id"] for job in ray_head.jobs(NIGHTLY_ID)] == [NIGHTLY_ID]
 
 
-def test_a_failed_run_exits_nonzero_and_a_retry_is_a_new_attempt(ray_head, s3):
-    """A run that fails exits 1 and says FAILED last; the scheduler's retry submits a new attempt
-    under its own id (it resumes what the failed one committed); MAX_ATTEMPTS ends the retries."""
-    s3.bucket("corpus-raw")
+def test_a_failed_run_exits_1_and_a_retry_is_a_new_attempt(ray_head, s3):
+    """Object storage out of reach is a failure a retry may fix: exit 1, FAILED last; the
+    scheduler's retry submits a new attempt under its own id (it resumes what the failed one
+    committed); MAX_ATTEMPTS ends the retries."""
     base = "nightly-translation-2026-11-23"
-    args = ["jobs/nightly_translation.yaml", "--date", "2026-11-23", "--", "--input", "s3://corpus-raw/no-such-day/"]
+    args = ["jobs/nightly_translation.yaml", "--date", "2026-11-23", "--",
+            "--set", "storage.endpoint_url=http://127.0.0.1:9", "--set", "storage.retries=1"]  # fmt: skip
 
     failed = submit(ray_head, *args)
     assert failed.returncode == 1, output_of(failed)
     assert last_line(failed.stdout).startswith(f"submit.sh: {base} FAILED"), output_of(failed)
-    assert driver_last_line(ray_head.logs(base)).startswith("FAILED: input.uris[0]: no Parquet files")
+    failure = driver_last_line(ray_head.logs(base))
+    assert failure.startswith("FAILED: s3://corpus-annotated/translation/2026-11-23/") and "object storage" in failure, failure
 
     retried = submit(ray_head, *args)
     assert retried.returncode == 1, output_of(retried)
@@ -459,6 +514,89 @@ def test_a_failed_run_exits_nonzero_and_a_retry_is_a_new_attempt(ray_head, s3):
     assert statuses == {base: "FAILED", f"{base}-attempt2": "FAILED"}
 
 
+def test_arguments_arrive_literally_and_an_invalid_job_is_not_retried(ray_head, s3):
+    """A value holding $( ), backticks, ; and quotes reaches the job as typed, through
+    jobs/submit.sh and through a rendered RayJob's entry point as KubeRay's submitter runs it;
+    nothing of it runs as shell. The job finds no input there: a config error, exit 3, which
+    submit.sh does not submit again for the same command."""
+    from batch.k8s import RenderRequest, render
+
+    marker = Path(tempfile.mkdtemp(prefix="submit-quoting-", dir="/tmp")) / "ran-as-shell"
+    value = f"/tmp/no-such-drop $(touch {marker}) `touch {marker}`; touch {marker}; echo 'single' \"double\""
+    date, base = "2026-11-22", "nightly-translation-2026-11-22"
+    s3.bucket("corpus-annotated")
+    args = ["nightly_translation", "--date", date, "--", "--set", f"input.uris={value}"]
+    expected = f"INVALID: input.uris[0]: no Parquet files at {value}"
+
+    first = submit(ray_head, *args)
+    assert first.returncode == 3, output_of(first)
+    assert last_line(first.stdout) == f"submit.sh: {base} INVALID (ray job logs {base})", output_of(first)
+    (job,) = ray_head.jobs(base)
+    assert shlex.split(job["entrypoint"])[-2:] == ["--set", f"input.uris={value}"]
+    assert job["driver_exit_code"] == 3
+    assert expected in ray_head.logs(base).splitlines()
+
+    again = submit(ray_head, *args)
+    assert again.returncode == 3, output_of(again)
+    assert "not submitting again" in again.stdout and last_line(again.stdout) == f"submit.sh: {base} INVALID"
+    assert [job["submission_id"] for job in ray_head.jobs(base)] == [base]
+
+    # the same value through a RayJob: rendered, then submitted the way KubeRay's submitter does
+    manifest = render(RenderRequest(
+        job_file=Path("jobs/nightly_translation.yaml"), run_date=dt.date.fromisoformat(date),
+        image="registry/corpus-batch@sha256:" + "0" * 64,
+        overrides=("tasks.translation.model=s3://models/tower/", f"input.uris={value}"),
+    ))  # fmt: skip
+    ended = submit_as_kuberay(ray_head, f"{base}-kuberay", manifest["spec"]["entrypoint"])
+    assert ended["status"] == "FAILED" and ended["driver_exit_code"] == 3, ended
+    assert expected in ray_head.logs(f"{base}-kuberay").splitlines()
+
+    assert not marker.exists(), "part of an argument ran as a shell command"
+    # each attempt logged next to its output, though the job was invalid
+    logs = attempt_logs(s3, f"corpus-annotated/translation/{date}")
+    assert len(logs) == 2 and all(log.rstrip().endswith(expected) for log in logs), logs
+    shutil.rmtree(marker.parent, ignore_errors=True)
+
+
+def test_a_partial_publish_is_reported_as_partial_on_every_attempt(ray_head, s3, models):
+    """One corrupt file in the day's drop: the run publishes the rest and exits 2 (PARTIAL).
+    Submitted again, submit.sh reports PARTIAL again without a new run; a retry that does run
+    (KubeRay's, on a fresh cluster) finds the output published and reports the manifest's
+    unreadable input, exit 2 again. Each attempt's log is kept under the output."""
+    date, base = "2026-11-21", "nightly-translation-2026-11-21"
+    s3.bucket("corpus-raw")
+    s3.bucket("corpus-annotated")
+    rows = [{"post_id": p["post_id"], "lang": p["lang"], "text": p["text"]} for p in sample_posts() if len(p["text"]) <= 100][:8]
+    write_corpus(s3.fs, f"corpus-raw/posts/{date}", rows, files=1)
+    corrupt = f"corpus-raw/posts/{date}/part-999.parquet"
+    with s3.fs.open_output_stream(corrupt) as out:
+        out.write(b"PAR1 this is not a Parquet file PAR1")
+    # no --input: the job file's input is the day's prefix, s3://corpus-raw/posts/{date}/
+    args = ["nightly_translation", "--date", date, "--", *cpu_overrides(models["chat"])]
+
+    first = submit(ray_head, *args)
+    assert first.returncode == 2, output_of(first)
+    assert last_line(first.stdout) == f"submit.sh: {base} PARTIAL (ray job logs {base})", output_of(first)
+    output = f"s3://corpus-annotated/translation/{date}/"
+    assert driver_last_line(ray_head.logs(base)) == f"PARTIAL: published with unreadable inputs: {output}"
+
+    again = submit(ray_head, *args)
+    assert again.returncode == 2, output_of(again)
+    assert last_line(again.stdout) == f"submit.sh: {base} PARTIAL" and "not submitting again" in again.stdout
+
+    (job,) = ray_head.jobs(base)
+    retry = submit_as_kuberay(ray_head, f"{base}-kuberay-retry", job["entrypoint"])
+    assert retry["status"] == "FAILED" and retry["driver_exit_code"] == 2, retry
+    logs = ray_head.logs(f"{base}-kuberay-retry")
+    assert f"unreadable input s3://{corrupt}: " in logs
+    assert driver_last_line(logs) == f"PARTIAL: already published with unreadable inputs: {output}"
+
+    first_log, retry_log = attempt_logs(s3, f"corpus-annotated/translation/{date}")
+    assert first_log.rstrip().endswith(f"PARTIAL: published with unreadable inputs: {output}")
+    assert "progress: " in first_log
+    assert retry_log.rstrip().endswith(f"PARTIAL: already published with unreadable inputs: {output}")
+
+
 def test_submit_refuses_credentials_and_disabled_auth_before_contacting_anything(tmp_path):
     env = {**os.environ, "RAY_ADDRESS": "http://127.0.0.1:9"}
 
@@ -466,10 +604,10 @@ def test_submit_refuses_credentials_and_disabled_auth_before_contacting_anything
         return subprocess.run([str(SUBMIT), *args], cwd=REPO, env={**env, **extra}, capture_output=True, text=True, timeout=60)
 
     leaked = run("nightly_translation", "--", "--set", "storage.region=x AWS_SECRET_ACCESS_KEY=y")
-    assert leaked.returncode == 2 and "credentials never go into a submission" in leaked.stderr
+    assert leaked.returncode == 3 and "credentials never go into a submission" in leaked.stderr
     disabled = run("nightly_translation", RAY_AUTH_MODE="disabled")
-    assert disabled.returncode == 2 and "token authentication" in disabled.stderr
+    assert disabled.returncode == 3 and "token authentication" in disabled.stderr
     outside = tmp_path / "job.yaml"
     outside.write_text("name: x\n")
-    assert run(str(outside)).returncode == 2
-    assert run("no_such_job").returncode == 2
+    assert run(str(outside)).returncode == 3  # usage errors: INVALID, not worth retrying
+    assert run("no_such_job").returncode == 3

@@ -141,8 +141,10 @@ def test_label_mapping_mistake_fails_before_any_engine(fine_tunes, tmp_path):
     })  # fmt: skip
     for command in ("validate", "run"):
         result = run_cli(command, str(job))
-        assert result.returncode == 1, result.stdout + result.stderr
+        assert result.returncode == 3, result.stdout + result.stderr
         assert "the classifier's labels ['negative', 'neutral', 'positive'] are not among labels ['bad', 'good']" in result.stderr
         assert "label_map" in result.stderr
         assert "Ray" not in result.stdout + result.stderr, "nothing may start before the check"
-    assert not (tmp_path / "out").exists()
+    # nothing in the output but the `run` attempt's own log (batch/attempt_log.py)
+    out = tmp_path / "out"
+    assert not out.exists() or [p.name for p in out.iterdir()] == ["_logs"]
