@@ -222,6 +222,8 @@ def _process(
         cache_uri=cache_uri,
         cache_identities=_row_cache_identities(job, groups) if job.cache.enabled else {},
         storage=job.storage,
+        # prompts are budgeted in each model's tokens against the context its engine gets
+        max_model_lens={name: group.spec.max_model_len for group in groups for name, _ in group.tasks},
     )
     text_stage = dict(
         batch_format="pyarrow",
