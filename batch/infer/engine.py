@@ -199,7 +199,7 @@ class Engine:
         from vllm.sampling_params import StructuredOutputsParams
 
         results: list[Completion | Failure | None] = [None] * len(requests)
-        prompts, params, loras, slots = [], [], [], []
+        prompts, params, loras, slots, sent = [], [], [], [], []
         for i, request in enumerate(requests):
             # Tokenize once here (to check the length) and hand vLLM the ids, not the text.
             prompt_ids = self.tokenizer(self.render(request), add_special_tokens=False)["input_ids"]
@@ -221,10 +221,10 @@ class Engine:
                 )
             )
             prompts.append(TokensPrompt(prompt_token_ids=prompt_ids))
+            sent.append((prompt_tokens, request.max_tokens))  # as asked, before clamping to the room left
             loras.append(self._lora.get(request.adapter) if request.adapter else None)
             slots.append(i)
         if prompts:
-            sent = [(len(p["prompt_token_ids"]), sp.max_tokens) for p, sp in zip(prompts, params)]
             log_requests("generate", self.max_model_len, sent)
             outputs = self.llm.generate(prompts, params, lora_request=loras if self._lora else None, use_tqdm=False)
             for slot, output in zip(slots, outputs):

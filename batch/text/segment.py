@@ -161,6 +161,17 @@ class _Splitter:
         return items
 
 
+def grapheme_floor(text: str, offset: int) -> int:
+    """The last grapheme-cluster boundary at or before `offset`."""
+    return max((b for b in _safe_boundaries(text[: offset + 16]) if b <= offset), default=0)
+
+
+def grapheme_ceil(text: str, offset: int) -> int:
+    """The first grapheme-cluster boundary at or after `offset`."""
+    start = max(0, offset - 16)
+    return min((start + b for b in [0, *_safe_boundaries(text[start:])] if start + b >= offset), default=len(text))
+
+
 def _safe_boundaries(text: str) -> list[int]:
     """Offsets where a cut splits no grapheme cluster and no placeholder."""
     atoms = [m.span() for m in PLACEHOLDER_RE.finditer(text)]
