@@ -23,6 +23,8 @@ from batch.text.spans import PLACEHOLDER_RE, protect
 from batch.text.tokens import TokenCounter
 
 LANGS = sorted(SENTENCES)  # ar, hi, ja, th, zh
+# the detector chooses among a few languages: all 75 would load ~1 GB of lingua models
+DETECTION = {"languages": ["ar", "en", "es", "fr", "hi", "ja", "pt", "sr", "th", "zh"]}
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +35,7 @@ def tokenizer(tmp_path_factory):
 
 
 def translation(counter: TokenCounter | None, **overrides) -> TranslationTask:
-    fields = dict(model="m", target_languages=["en"], max_output_tokens=128) | overrides
+    fields = dict(model="m", target_languages=["en"], max_output_tokens=128, language_detection=DETECTION) | overrides
     task = TranslationTask(TranslationConfig(**fields))
     if counter is not None:
         task.bind_tokens(counter)
@@ -192,6 +194,7 @@ def test_locale_targets_columns_prompt_and_instructions():
         model="m",
         target_languages=["pt-br", "zh_hant", "es-419", "sr-Latn", "fr"],
         instructions={"pt-BR": "informal, second person (você)", "fr": "formal (vous)"},
+        language_detection=DETECTION,
     )
     assert config.target_languages == ["pt-BR", "zh-Hant", "es-419", "sr-Latn", "fr"]
     task = TranslationTask(config)
@@ -225,7 +228,7 @@ def test_bad_locale_tags_name_the_problem():
 
 
 def test_guardrail_judges_the_base_language():
-    task = TranslationTask(TranslationConfig(model="m", target_languages=["pt-BR"]))
+    task = TranslationTask(TranslationConfig(model="m", target_languages=["pt-BR"], language_detection=DETECTION))
     text = "The train to the airport was cancelled again this morning, so I had to take a taxi."
     plan = task.prepare(text)
     answer = "O trem para o aeroporto foi cancelado de novo hoje de manhã, então tive que pegar um táxi."

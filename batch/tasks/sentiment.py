@@ -127,7 +127,7 @@ class SentimentTask(Task):
     def prepare(self, text: str) -> Plan | Skip:
         if not text.strip():
             return Skip("empty text")
-        if self.tokens is None or self._fits(text):
+        if self.tokens is None or (not self.tokens.exceeds(text, self.tokens.max_model_len) and self._fits(text)):
             return Plan([self._request(text)], _State())
         if self.config.long_text == "error":
             raise RowError(

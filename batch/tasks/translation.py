@@ -11,17 +11,29 @@ Per row:
      `language_detection.same_language_min_confidence`): no request; the translation is the
      source text, flag `same_language` (other targets of the row are still translated);
    - otherwise protected spans (URLs, e-mails, @mentions, #hashtags, emoji, inline code,
-     glossary terms) become placeholders ⟦1⟧..⟦n⟧, the text is split into pieces of at most
-     `max_source_chars_per_request` characters (paragraphs, then lines, sentences, words),
-     each piece is one request with an output budget that follows its length, and the
+     glossary terms) become placeholders ⟦1⟧..⟦n⟧, and the text is split into pieces
+     (paragraphs, then lines, sentences, clauses, words; batch/text/segment.py) so that each
+     piece's whole prompt (chat template, instruction, text) plus its output budget fits the
+     engine's max_model_len, counted in the serving model's own tokens (the prepare stage
+     binds its tokenizer; batch/text/tokens.py). The output budget follows the piece's token
+     count (`output_tokens_per_token`, capped by `max_output_tokens`). A run with no boundary
+     left is cut at a token boundary (flag `hard_cut`). Each piece is one request, and the
      answers are joined back in order with the original separators.
+   - a row whose source language the model does not cover (`source_languages`) goes to the
+     `fallback` adapter (flag `fallback`), else is translated anyway (flag
+     `unsupported_language`) or skipped, as `unsupported_language` says.
+
+Targets are language codes or BCP-47 tags (`pt-BR`, `zh-Hant`, `es-419`; batch/text/locales.py):
+the prompt names the locale ("Brazilian Portuguese") with the target's `instructions`, the
+columns use a readable suffix (`translation_pt_br`), and detection and guardrails judge the
+base language (`pt`).
 3. Guardrails flag, never fail, a translation: see FLAGS. `error` is kept for real failures
    (the engine could not answer a request). A piece the model answered with nothing keeps
    its source text (flag `empty`), so a translation is never blank for a non-blank text and
    a long document never silently loses a paragraph.
 
 Columns: `source_lang` string, `source_lang_confidence` float64, and per target
-`translation_<lang>` string and `translation_<lang>_flags` list<string> (empty when clean).
+`translation_<suffix>` string and `translation_<suffix>_flags` list<string> (empty when clean).
 """
 
 from __future__ import annotations

@@ -112,9 +112,17 @@ class _Splitter:
         self.cost, self.limit, self.cut = cost, limit, cut
         self.hard_cuts = 0
 
+    def within(self, text: str) -> bool:
+        """cost(text) <= limit; a long text's prefix often answers that alone (the cost of
+        a prefix is at most the cost of the whole), and costs far less to count."""
+        prefix = 4 * self.limit
+        if len(text) > prefix and self.cost(text[:prefix]) > self.limit:
+            return False
+        return self.cost(text) <= self.limit
+
     def split(self, text: str, level: int) -> list[str]:
         """Alternating [unit, separator, unit, ..., unit], every unit within the budget."""
-        if self.cost(text) <= self.limit:
+        if self.within(text):
             return [text]
         if level == len(_LEVELS):
             return self._hard_cut(text)
@@ -144,7 +152,7 @@ class _Splitter:
         bounds = _safe_boundaries(text)
         items: list[str] = []
         start = 0
-        while self.cost(text[start:]) > self.limit:
+        while not self.within(text[start:]):
             rest = text[start:]
             end = start + max(1, min(len(rest) - 1, self.cut(rest, self.limit)))
             end = max((b for b in bounds if start < b <= end), default=None) or min(

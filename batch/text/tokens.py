@@ -10,6 +10,7 @@ character and one or less on a Latin one, which no character budget can follow.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Callable, Sequence
 
 Messages = Sequence[tuple[str, str]]
@@ -21,9 +22,20 @@ class TokenCounter:
     def __init__(self, tokenizer, max_model_len: int):
         self.tokenizer = tokenizer
         self.max_model_len = max_model_len
+        # a piece is counted when split, when its prompt is checked and for its output
+        # budget: remember the last few thousand (pieces, not documents, so a few MB)
+        self.count: Callable[[str], int] = lru_cache(maxsize=4096)(self._count)
 
-    def count(self, text: str) -> int:
+    def _count(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def exceeds(self, text: str, n: int) -> bool:
+        """count(text) > n, without tokenizing all of a long text when a prefix already
+        says so (BPE on a long run with no spaces, Thai or Chinese, is slow)."""
+        prefix = 4 * n
+        if len(text) > prefix and self.count(text[:prefix]) > n:
+            return True
+        return self.count(text) > n
 
     def with_special_tokens(self, text: str) -> int:
         """What a classifier (pooling runner) sees: the text with BOS/EOS/CLS as the tokenizer adds them."""
@@ -39,15 +51,28 @@ class TokenCounter:
         """Character offset where the first `n` tokens of `text` end."""
         if n <= 0:
             return 0
-        offsets = self._offsets(text)
-        return len(text) if n >= len(offsets) else offsets[n - 1][1]
+        size = 4 * n  # tokenize a growing prefix, not all of a 100,000-character text
+        while True:
+            offsets = self._offsets(text[:size])
+            if len(offsets) > n:
+                return offsets[n - 1][1]
+            if size >= len(text):
+                return len(text)
+            size *= 2
 
     def tail(self, text: str, n: int) -> int:
         """Character offset where the last `n` tokens of `text` begin."""
         if n <= 0:
             return len(text)
-        offsets = self._offsets(text)
-        return 0 if n >= len(offsets) else offsets[len(offsets) - n][0]
+        size = 4 * n
+        while True:
+            start = max(0, len(text) - size)
+            offsets = self._offsets(text[start:])
+            if len(offsets) > n:
+                return start + offsets[len(offsets) - n][0]
+            if start == 0:
+                return 0
+            size *= 2
 
     def _offsets(self, text: str) -> list[tuple[int, int]]:
         return self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
