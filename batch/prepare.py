@@ -28,6 +28,9 @@ from batch.tasks.base import Cached, Plan, RowError, Skip, Task, TaskConfig
 from batch.text.tokens import TokenCounter, load_counter
 
 RECENT_TEXTS = 50_000  # per actor: a text repeated across batches (reposts) is prepared once
+# Only posts are remembered: a 40,000-character document's plans (its pieces for every
+# target) weigh hundreds of kB, and 50,000 of them would not fit an actor's memory.
+RECENT_MAX_CHARS = 4_000
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,8 @@ class PrepareStage:
                 blobs.append(blob)
             else:
                 blobs.append(blob := self._plans(text, None))
-                self.recent[text] = blob
+                if len(text) <= RECENT_MAX_CHARS:
+                    self.recent[text] = blob
         while len(self.recent) > RECENT_TEXTS:
             self.recent.popitem(last=False)
         batch = schema.set_column(batch, pa.field(schema.PLANS, pa.binary()), blobs)

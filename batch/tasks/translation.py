@@ -169,7 +169,7 @@ class Fallback(_Section):
 
 
 class TranslationConfig(TaskConfig):
-    prompt_version: str = Field(default="3", description="bump when editing the prompt; part of the result cache key")
+    prompt_version: str = Field(default="2", description="bump when editing the prompt; part of the result cache key")
     target_languages: list[str] = Field(
         min_length=1, description="language codes or BCP-47 tags (fr, pt-BR, zh-Hant, es-419), one output column each"
     )
