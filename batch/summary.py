@@ -24,7 +24,7 @@ class RunSummary:
     rows_annotated: int = 0
     rows_failed: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
-    flagged: dict[str, int] = field(default_factory=dict)  # rows per language a model does not cover (schema.LANGUAGE_FLAGS)
+    flagged: dict[str, int] = field(default_factory=dict)  # rows in a language the model does not cover, per language
     engines: list[dict[str, Any]] = field(default_factory=list)
     requests_inferred: int = 0  # distinct requests sent to an engine (duplicates and skips excluded)
     cache_hits: int = 0  # distinct requests answered by the result cache

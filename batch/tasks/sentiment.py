@@ -39,12 +39,12 @@ from batch.tasks.base import (
     Failure,
     Generate,
     Plan,
+    Request,
     Result,
     RowError,
     Score,
     Scores,
     Skip,
-    Request,
     Task,
     TaskConfig,
 )
@@ -169,7 +169,10 @@ class SentimentTask(Task):
     def _text_budget(self) -> int:
         """Text tokens that fit beside the prompt (a start: `_fits` has the last word)."""
         counter = self.tokens
-        overhead = counter.with_special_tokens("") if self.config.mode == "classify" else counter.prompt(self._messages(""))
+        if self.config.mode == "classify":
+            overhead = counter.with_special_tokens("")
+        else:
+            overhead = counter.prompt(self._messages(""))
         reserve = 0 if self.config.mode == "classify" else max(map(counter.count, self.config.labels)) + 9
         budget = counter.max_model_len - overhead - reserve
         if budget < 1:
@@ -210,7 +213,8 @@ class SentimentTask(Task):
         weights = state.weights or (1,) * len(results)
         if isinstance(results[0], (Classification, Scores)):
             probs = [self._probabilities(result) for result in results]
-            mean = {label: sum(w * p[label] for w, p in zip(weights, probs)) / sum(weights) for label in self.config.labels}
+            total = sum(weights)
+            mean = {label: sum(w * p[label] for w, p in zip(weights, probs)) / total for label in self.config.labels}
             return {**self._labelled(mean), "sentiment_long_text": state.long_text}
         votes = dict.fromkeys(self.config.labels, 0)
         for weight, result in zip(weights, results):
@@ -220,7 +224,10 @@ class SentimentTask(Task):
                 raise RowError(f"model answered {label!r}, not one of {self.config.labels}")
             votes[label] += weight
         label = max(votes, key=votes.get)
-        return {"sentiment": label, "sentiment_probs": None, "sentiment_confidence": None, "sentiment_long_text": state.long_text}
+        return {
+            "sentiment": label, "sentiment_probs": None, "sentiment_confidence": None,
+            "sentiment_long_text": state.long_text,
+        }  # fmt: skip
 
     def _probabilities(self, result: Classification | Scores) -> dict[str, float]:
         if isinstance(result, Classification):

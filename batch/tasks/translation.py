@@ -246,7 +246,9 @@ class TranslationConfig(TaskConfig):
             raise ValueError(f"instructions has {extra}, which are not in target_languages {self.target_languages}")
         covered = self.source_languages
         if covered is not None and (uncovered := [t for t in self.target_languages if locales.base(t) not in covered]):
-            raise ValueError(f"target_languages {uncovered} are not among source_languages {covered} (what the model covers)")
+            raise ValueError(
+                f"target_languages {uncovered} are not among source_languages {covered} (what the model covers)"
+            )
         if self.fallback is not None and covered is None:
             raise ValueError("fallback is for source languages the model does not cover: set source_languages too")
         chosen = self.language_detection.languages

@@ -73,5 +73,7 @@ def display_name(tag: str) -> str:
         return LOCALE_NAMES[tag]
     language, *rest = tag.split("-")
     name = LANGUAGE_NAMES.get(language, language)
-    details = [f"{SCRIPT_NAMES.get(part, part)} script" if len(part) == 4 else REGION_NAMES.get(part, part) for part in rest]
+    details = [
+        f"{SCRIPT_NAMES.get(part, part)} script" if len(part) == 4 else REGION_NAMES.get(part, part) for part in rest
+    ]
     return f"{name} ({', '.join(details)})" if details else name
