@@ -130,6 +130,8 @@ def main() -> None:
     for name, wall, requests, output_tokens in rows:
         print(f"{name:<12}{wall:>9.1f}{requests:>10}{n_docs / wall:>9.3f}{output_tokens / wall:>11.1f}")
     print(f"job/raw (documents/s): {raw_wall / job_wall:.2f}")
+    busy = ", ".join(f"{stage} {seconds:.1f}s" for stage, seconds in summary["stage_busy_seconds"].items())
+    print(f"job: first row after {summary['seconds_to_first_row']}s; stage busy time: {busy}")
     total = raw["instruction_tokens"] + raw["text_tokens"]
     print(f"prompt tokens: {total:,} = instruction and template {raw['instruction_tokens']:,} "
           f"({raw['instruction_tokens'] / total:.0%}) + text {raw['text_tokens']:,}")
