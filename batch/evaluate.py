@@ -14,6 +14,8 @@ and shows in the matrix's `(missing)` column.
 
 from __future__ import annotations
 
+import re
+
 from collections import Counter
 from typing import Any, Iterable, Sequence
 
@@ -26,7 +28,9 @@ BLEU_TOKENIZERS = {"zh": "zh", "ja": "char", "ko": "char", "th": "char", "lo": "
 
 
 def bleu_tokenizer(language: str | None) -> str:
-    return BLEU_TOKENIZERS.get(language or "", "13a")
+    """By the base language of a target or its column suffix (zh-Hant, zh_hant -> zh)."""
+    base = re.split(r"[-_]", language or "", maxsplit=1)[0]
+    return BLEU_TOKENIZERS.get(base, "13a")
 
 
 # --- translation -----------------------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import pyarrow as pa
 
 from batch import schema
-from batch.prepare import RECENT_TEXTS, TextStageSpec, describe
+from batch.prepare import RECENT_MAX_CHARS, RECENT_TEXTS, TextStageSpec, describe
 from batch.tasks.base import Cached, RowError, Skip
 
 
@@ -70,7 +70,8 @@ class ParseStage:
                     except Exception as exc:  # noqa: BLE001 - any parse failure is this row's error
                         errors[row].append(f"{task.name}: {describe(exc)}")
                         continue
-                    self.recent[(task.name, text)] = values
+                    if len(text) <= RECENT_MAX_CHARS:  # posts, not documents (see prepare.py)
+                        self.recent[(task.name, text)] = values
                     if cache is not None:
                         cache.add(text, values)
                 for name, value in values.items():

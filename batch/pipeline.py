@@ -258,6 +258,9 @@ def _process(
         cache_uri=cache_uri,
         cache_identities={name: identity.row_cache(name) for name in job.enabled_tasks()},
         storage=job.storage,
+        # prompts are budgeted in each model's tokens against the context its engine gets
+        max_model_lens={name: group.spec.max_model_len for group in groups for name, _ in group.tasks},
+        weights={w.uri: w for group in groups for w in group.spec.weights},
     )
     text_stage = dict(
         batch_format="pyarrow",

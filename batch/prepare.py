@@ -21,11 +21,16 @@ import pyarrow as pa
 from batch import schema
 from batch.cache import RowCache
 from batch.config import StorageConfig
+from batch.infer import models
 from batch.io.storage import Location
 from batch.tasks import TASKS
 from batch.tasks.base import Cached, Plan, RowError, Skip, Task, TaskConfig
+from batch.text.tokens import TokenCounter, load_counter
 
 RECENT_TEXTS = 50_000  # per actor: a text repeated across batches (reposts) is prepared once
+# Only posts are remembered: a 40,000-character document's plans (its pieces for every
+# target) weigh hundreds of kB, and 50,000 of them would not fit an actor's memory.
+RECENT_MAX_CHARS = 4_000
 
 
 @dataclass(frozen=True)
@@ -37,12 +42,32 @@ class TextStageSpec:
     cache_uri: str | None = None  # None: no result cache
     cache_identities: dict[str, str] = field(default_factory=dict, hash=False)  # task -> identity
     storage: StorageConfig = StorageConfig()
+    # task -> its engine's resolved max_model_len (None: the model's own); a task listed here
+    # budgets its requests with its model's tokenizer, loaded by the prepare stage
+    max_model_lens: dict[str, int | None] = field(default_factory=dict, hash=False)
+    # model URI -> its weights as the run's identity resolved them (batch/identity.py): the
+    # tokenizer comes from exactly the weights the engine serves
+    weights: dict[str, models.Weights] = field(default_factory=dict, hash=False)
 
     def build_tasks(self, warm_up: bool) -> list[Task]:
         tasks: list[Task] = [TASKS[name](config) for name, config in self.tasks]
         for task in tasks if warm_up else ():  # load helpers (e.g. the language detector) up front
             task.warm_up()
         return tasks
+
+    def bind_tokenizers(self, tasks: list[Task]) -> None:
+        """Give each task its model's tokenizer and context length: one tokenizer per model
+        folder, no engine (an s3:// model is fetched to the node's model cache, as the
+        engine would)."""
+        counters: dict[tuple[str, int | None], TokenCounter] = {}
+        for task in tasks:
+            if task.name not in self.max_model_lens:
+                continue
+            key = (task.config.model, self.max_model_lens[task.name])
+            if key not in counters:
+                path = models.resolve(self.weights[task.config.model], self.storage)
+                counters[key] = load_counter(path, key[1], task.config.trust_remote_code)
+            task.bind_tokens(counters[key])
 
     def row_caches(self, tasks: list[Task]) -> dict[str, RowCache]:
         if not self.cache_uri:
@@ -57,6 +82,7 @@ class PrepareStage:
     def __init__(self, spec: TextStageSpec):
         self.spec = spec
         self.tasks = spec.build_tasks(warm_up=True)
+        spec.bind_tokenizers(self.tasks)
         self.caches = spec.row_caches(self.tasks)
         for cache in self.caches.values():
             cache.load()
@@ -74,7 +100,8 @@ class PrepareStage:
                 blobs.append(blob)
             else:
                 blobs.append(blob := self._plans(text, None))
-                self.recent[text] = blob
+                if len(text) <= RECENT_MAX_CHARS:
+                    self.recent[text] = blob
         while len(self.recent) > RECENT_TEXTS:
             self.recent.popitem(last=False)
         batch = schema.set_column(batch, pa.field(schema.PLANS, pa.binary()), blobs)

@@ -155,4 +155,25 @@ def outcome_counts(batch: pa.Table) -> Counter:
         if skip is not None:
             for reason in skip.split("; "):
                 counts[f"skipped: {reason}"] += 1
+    counts.update(_language_flags(batch))
+    return counts
+
+
+# Flags that say something about the row's source language (a model that does not cover
+# it), counted per language in the summary: "flagged: unsupported_language (th)".
+LANGUAGE_FLAGS = ("unsupported_language", "fallback")
+
+
+def _language_flags(batch: pa.Table) -> Counter:
+    flag_columns = [name for name in batch.column_names if name.endswith("_flags")]
+    if "source_lang" not in batch.column_names or not flag_columns:
+        return Counter()
+    counts: Counter = Counter()
+    languages = batch.column("source_lang").to_pylist()
+    per_column = [batch.column(name).to_pylist() for name in flag_columns]
+    for row, language in enumerate(languages):
+        flags = {flag for column in per_column for flag in (column[row] or ())}
+        for flag in LANGUAGE_FLAGS:
+            if flag in flags:
+                counts[f"flagged: {flag} ({language})"] += 1
     return counts

@@ -24,6 +24,7 @@ class RunSummary:
     rows_annotated: int = 0
     rows_failed: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
+    flagged: dict[str, int] = field(default_factory=dict)  # rows in a language the model does not cover, per language
     engines: list[dict[str, Any]] = field(default_factory=list)
     requests_inferred: int = 0  # distinct requests sent to an engine (duplicates and skips excluded)
     cache_hits: int = 0  # distinct requests answered by the result cache
@@ -63,6 +64,7 @@ class RunSummary:
             stage: round(counts.get(f"{stage}_ms", 0) / 1000, 2) for stage in ("read", "prepare", "infer", "parse", "write")
         }
         self.skipped = {key.removeprefix("skipped: "): n for key, n in sorted(counts.items()) if key.startswith("skipped: ")}
+        self.flagged = {key.removeprefix("flagged: "): n for key, n in sorted(counts.items()) if key.startswith("flagged: ")}
         self.wall_seconds = round(time.time() - started, 2)
         self.rows_per_second = round(self.rows_out / self.wall_seconds, 2) if self.wall_seconds else 0.0
 
@@ -82,6 +84,8 @@ class RunSummary:
         ]
         for reason, n in self.skipped.items():
             lines.append(f"  skipped ({reason}): {n}")
+        for flag, n in self.flagged.items():
+            lines.append(f"  flagged ({flag}): {n}")
         for bad in self.unreadable_inputs:
             rows = "rows unknown" if bad["rows"] is None else f"{bad['rows']} rows"
             lines.append(f"  unreadable input {bad['uri']}: {bad['reason']} ({rows})")

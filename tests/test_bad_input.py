@@ -12,8 +12,8 @@ are published, and the exit status is 2.
 | null text | kept; `skip_reason` `<task>: no text (null)` |
 | empty or whitespace-only text (as `str.isspace` says: NBSP, U+3000 included) | kept; `skip_reason` `<task>: empty text` |
 | zero-width characters only (U+200B is not whitespace) | annotated like any text |
-| 100k+ characters, sentiment | `error` `sentiment: prompt of N tokens does not fit max_model_len 512` |
-| 100k+ characters, translation | split into pieces (`max_source_chars_per_request`), translated, joined; a piece too long in tokens (Chinese here) gives `error` `translation: translation_fr: piece i/N: prompt of N tokens does not fit ...` |
+| 100k+ characters, sentiment | chunks that fit max_model_len, probabilities averaged; `sentiment_long_text` `chunk` |
+| 100k+ characters, translation | split into pieces that fit max_model_len in the model's tokens (Chinese ~3 a character here), translated, joined with the source's separators |
 | control characters (NUL, BEL, ESC, CR, U+2028, BOM, DEL) | original text kept verbatim, row annotated |
 | binary text column | decoded as UTF-8 and published as string; a row that is not valid UTF-8 gets `error` `<task>: text is not valid UTF-8 (byte N)` and null text |
 | emoji only | annotated: a valid sentiment label; translation is the emoji, flag `nothing_to_translate` |
@@ -63,7 +63,7 @@ PARAGRAPH = (
     "shop again, and I told my friends the same. Still, the courier was polite and apologised."
 )
 LONG_EN = "\n\n".join([PARAGRAPH] * 270)
-LONG_ZH = "".join(f"第{i}条：这家店的服务很好，我们下次还会再来。" for i in range(5000))
+LONG_ZH = "这家店的服务很好，我们下次还会再来。" * 5600  # repeated sentences: identical pieces, inferred once
 assert len(LONG_EN) >= 100_000 and len(LONG_ZH) >= 100_000
 
 # A lone surrogate as bytes (see the run test's docstring): U+D800 the way WTF-8/CESU-8 write it.
@@ -396,20 +396,15 @@ def check_outcomes(result, out: Path, inputs: dict[str, list[dict]], model: str)
     # prompt injection: constrained decoding still gives one of the labels
     annotated(rows["a-injection"])
 
-    # 100k characters: the sentiment prompt does not fit; translation goes piece by piece
-    # (joined back with the source's paragraph breaks), and fails with a clear error when a
-    # piece does not fit (Chinese: ~3 tokens a character with this tokenizer)
-    too_long = rf"prompt of \d+ tokens does not fit max_model_len {MAX_MODEL_LEN}"
-    long_en = rows["a-long-en"]
-    assert long_en["text"] == LONG_EN
-    assert re.fullmatch(f"sentiment: {too_long}", long_en["error"]), long_en["error"]
-    assert long_en["sentiment"] is None and long_en["translation_model"].startswith(model)
-    assert long_en["translation_fr"].count("\n\n") >= LONG_EN.count("\n\n")
-    long_zh = rows["a-long-zh"]
-    assert re.fullmatch(
-        rf"translation: translation_fr: piece 1/\d+: {too_long}; sentiment: {too_long}", long_zh["error"]
-    ), long_zh["error"]
-    assert long_zh["sentiment"] is None and long_zh["translation_fr"] is None
+    # 100k characters: sentiment from chunks that fit the context; translation piece by piece
+    # in the model's tokens (Chinese: ~3 a character with this tokenizer), joined back with
+    # the source's paragraph breaks
+    for post_id, text in (("a-long-en", LONG_EN), ("a-long-zh", LONG_ZH)):
+        row = rows[post_id]
+        annotated(row)
+        assert row["text"] == text and row["sentiment_long_text"] == "chunk"
+        assert row["translation_fr"] and row["translation_model"].startswith(model)
+    assert rows["a-long-en"]["translation_fr"].count("\n\n") >= LONG_EN.count("\n\n")
 
     # binary text: valid UTF-8 is annotated (published as string), invalid bytes are a row error
     assert rows["d-utf8"]["text"] == "Café ☕ très bon"
@@ -437,7 +432,7 @@ def check_outcomes(result, out: Path, inputs: dict[str, list[dict]], model: str)
 
     # the failed rows are exactly the ones above, and the summary counts them
     failed = {row["post_id"] for stem in published for row in published[stem] if row["error"] is not None}
-    assert failed == {"a-long-en", "a-long-zh", "d-invalid", "d-surrogate", "e-1", "e-2", "h-1"}
+    assert failed == {"d-invalid", "d-surrogate", "e-1", "e-2", "h-1"}
     assert summary["rows_failed"] == len(failed)
 
 

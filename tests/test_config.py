@@ -70,7 +70,7 @@ def test_missing_required_and_no_task(tmp_path):
 
 def test_translation_language_codes(tmp_path):
     job = dict(BASE, tasks={"translation": {"model": "m", "target_languages": ["French"]}})
-    with pytest.raises(ConfigError, match="not an ISO 639 code"):
+    with pytest.raises(ConfigError, match="not a language code or BCP-47 tag like .fr., .pt-BR."):
         load(tmp_path, job)
 
 

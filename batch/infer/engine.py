@@ -8,6 +8,7 @@ models (with constrained choice and LoRA per request), `classify` for pooling mo
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -92,6 +93,24 @@ def batch_size_for(config: EngineConfig, device: Literal["cpu", "cuda"]) -> int:
     left the engine idle between calls (job/raw 0.77), 1024 reached 0.87. On GPUs it keeps
     requests in flight at 4x vLLM's default max_num_seqs (256)."""
     return config.batch_size or 1024
+
+
+REQUEST_LOG = "BATCH_REQUEST_LOG"  # env: a file to append one JSON line per request sent to the engine
+
+
+def log_requests(kind: str, max_model_len: int, entries: list[tuple[int, int]]) -> None:
+    """Opt-in audit of what the engine was asked (prompt tokens, max_tokens per request),
+    so a test or an operator can check every request fit the context. Lines are appended
+    in one write per call, so several actors can share the file."""
+    path = os.environ.get(REQUEST_LOG)
+    if not path or not entries:
+        return
+    lines = "".join(
+        json.dumps({"kind": kind, "prompt_tokens": p, "max_tokens": m, "max_model_len": max_model_len}) + "\n"
+        for p, m in entries
+    )
+    with open(path, "a", encoding="utf-8") as log_file:
+        log_file.write(lines)
 
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM accepts for max_lora_rank
@@ -187,7 +206,7 @@ class Engine:
         from vllm.sampling_params import StructuredOutputsParams
 
         results: list[Completion | Failure | None] = [None] * len(requests)
-        prompts, params, loras, slots = [], [], [], []
+        prompts, params, loras, slots, sent = [], [], [], [], []
         for i, request in enumerate(requests):
             # Tokenize once here (to check the length) and hand vLLM the ids, not the text.
             prompt_ids = self.tokenizer(self.render(request), add_special_tokens=False)["input_ids"]
@@ -209,9 +228,11 @@ class Engine:
                 )
             )
             prompts.append(TokensPrompt(prompt_token_ids=prompt_ids))
+            sent.append((prompt_tokens, request.max_tokens))  # as asked, before clamping to the room left
             loras.append(self._lora.get(request.adapter) if request.adapter else None)
             slots.append(i)
         if prompts:
+            log_requests("generate", self.max_model_len, sent)
             outputs = self._call(self.llm.generate, prompts, params, lora_request=loras if self._lora else None)
             for slot, output in zip(slots, outputs):
                 completion = output.outputs[0]
@@ -250,6 +271,7 @@ class Engine:
                 spans.append((i, len(continuation), len(prompt_ids)))
         if prompts:
             params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+            log_requests("score", self.max_model_len, [(len(p["prompt_token_ids"]), 1) for p in prompts])
             outputs = self._call(self.llm.generate, prompts, params, lora_request=loras if self._lora else None)
             scored: dict[int, list[float]] = {}
             lengths: dict[int, int] = {}
@@ -276,6 +298,7 @@ class Engine:
             slots.append(i)
             lengths.append(n_tokens)
         if texts:
+            log_requests("classify", self.max_model_len, [(n, 0) for n in lengths])
             outputs = self._call(self.llm.classify, texts)
             for slot, n_tokens, output in zip(slots, lengths, outputs):
                 probs = tuple(float(p) for p in output.outputs.probs)

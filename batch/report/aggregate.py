@@ -21,7 +21,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 FREQS = ("day", "hour")
-TARGET_COLUMN = re.compile(r"^translation_([a-z]{2,3})$")  # the codes TranslationConfig accepts
+# The targets TranslationConfig accepts, as their column suffix (batch/text/locales.py):
+# fr, pt_br, zh_hant, es_419, zh_hant_tw; never translation_model or translation_<t>_flags.
+TARGET_COLUMN = re.compile(r"^translation_([a-z]{2,3}(?:_[a-z]{4})?(?:_(?:[a-z]{2}|\d{3}))?)$")
 MAX_ERROR_EXAMPLES = 5
 
 # Length ratios are kept as a histogram of log2(ratio), so quantiles need no rows in memory:

@@ -130,6 +130,14 @@ class Task:
 
     def __init__(self, config: TaskConfig):
         self.config = config
+        # The serving model's tokenizer and context (batch/text/tokens.py), bound by the
+        # prepare stage; None where no tokenizer is loaded (parse, unit tests): a task then
+        # budgets by characters, or sends the text whole.
+        self.tokens: Any = None
+
+    def bind_tokens(self, counter: Any) -> None:
+        """Budget requests in the serving model's tokens from now on."""
+        self.tokens = counter
 
     def columns(self) -> list[pa.Field]:
         raise NotImplementedError

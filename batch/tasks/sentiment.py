@@ -11,12 +11,22 @@ Two ways to get it, chosen by `mode`:
 
 A `min_confidence` sends rows whose best probability is lower to `low_confidence_label`,
 keeping the raw probabilities in `sentiment_probs`.
+
+A text longer than the model's context (counted in the model's own tokens, with the prompt
+around it) is handled by `long_text`:
+- chunk (default): split at paragraph, sentence, clause or word boundaries
+  (batch/text/segment.py) into chunks that each fit; the row's probabilities are the mean of
+  the chunks' weighted by their token counts, so the label (their argmax) still agrees with
+  them. Without probabilities (`probabilities: false`) the label is the token-weighted vote.
+- truncate: only the head (or head and tail, `truncate_keep: head_and_tail`) within the budget.
+- error: the row fails, naming its length.
+`sentiment_long_text` records what was done: null (the text fit), `chunk` or `truncate`.
 """
 
 from __future__ import annotations
 
 import math
-
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -29,6 +39,7 @@ from batch.tasks.base import (
     Failure,
     Generate,
     Plan,
+    Request,
     Result,
     RowError,
     Score,
@@ -37,6 +48,13 @@ from batch.tasks.base import (
     Task,
     TaskConfig,
 )
+from batch.text import segment
+
+
+@dataclass(frozen=True)
+class _State:
+    long_text: str | None = None  # None: the text fit whole; "chunk" or "truncate"
+    weights: tuple[int, ...] = ()  # per chunk: its token count
 
 DEFAULT_LABELS = ("negative", "neutral", "positive")
 
@@ -55,6 +73,12 @@ class SentimentConfig(TaskConfig):
     probabilities: bool = Field(default=True, description="generate mode: score every label (probabilities)")
     min_confidence: float | None = Field(default=None, gt=0, lt=1)
     low_confidence_label: str | None = None
+    long_text: Literal["chunk", "truncate", "error"] = Field(
+        default="chunk", description="a text longer than the model's context: mean over chunks, head only, or fail"
+    )
+    truncate_keep: Literal["head", "head_and_tail"] = Field(
+        default="head", description="long_text: truncate keeps the head, or half the budget each of head and tail"
+    )
 
     @model_validator(mode="after")
     def _label_references(self) -> "SentimentConfig":
@@ -88,6 +112,7 @@ class SentimentTask(Task):
             pa.field("sentiment", pa.string()),
             pa.field("sentiment_probs", pa.map_(pa.string(), pa.float64())),
             pa.field("sentiment_confidence", pa.float64()),
+            pa.field("sentiment_long_text", pa.string()),
         ]
 
     def check_model_labels(self, id2label: dict[str, str]) -> list[str]:
@@ -102,29 +127,114 @@ class SentimentTask(Task):
     def prepare(self, text: str) -> Plan | Skip:
         if not text.strip():
             return Skip("empty text")
+        if self.tokens is None or (not self.tokens.exceeds(text, self.tokens.max_model_len) and self._fits(text)):
+            return Plan([self._request(text)], _State())
+        if self.config.long_text == "error":
+            raise RowError(
+                f"text of {self.tokens.count(text)} tokens does not fit max_model_len {self.tokens.max_model_len}; "
+                f"set tasks.sentiment.long_text to chunk or truncate"
+            )
+        if self.config.long_text == "truncate":
+            return Plan([self._request(self._truncated(text))], _State("truncate"))
+        chunks = self._chunks(text)
+        return Plan([self._request(chunk) for chunk in chunks], _State("chunk", tuple(map(self.tokens.count, chunks))))
+
+    def _request(self, text: str) -> Request:
         if self.config.mode == "classify":
-            return Plan([Classify(text)])  # a pooling model takes no adapter here
+            return Classify(text)  # a pooling model takes no adapter here
         labels = tuple(self.config.labels)
-        messages = (("system", INSTRUCTION.format(labels=", ".join(labels))), ("user", f"<post>\n{text}\n</post>"))
+        messages = self._messages(text)
         if self.config.probabilities:
-            return Plan([Score(messages=messages, continuations=labels, adapter=self.adapter_name)])
-        return Plan([Generate(messages=messages, max_tokens=8, choices=labels, adapter=self.adapter_name)])
+            return Score(messages=messages, continuations=labels, adapter=self.adapter_name)
+        return Generate(messages=messages, max_tokens=8, choices=labels, adapter=self.adapter_name)
+
+    def _messages(self, text: str) -> tuple[tuple[str, str], ...]:
+        labels = ", ".join(self.config.labels)
+        return (("system", INSTRUCTION.format(labels=labels)), ("user", f"<post>\n{text}\n</post>"))
+
+    # --- long texts: what fits, in the model's own tokens --------------------------------
+
+    def _fits(self, text: str) -> bool:
+        """As the engine checks it (batch/infer/engine.py): a classifier's tokens, a scored
+        prompt plus its longest label and end-of-sequence, a generated label's 8 tokens."""
+        counter = self.tokens
+        if self.config.mode == "classify":
+            return counter.with_special_tokens(text) <= counter.max_model_len
+        prompt = counter.prompt(self._messages(text))
+        if self.config.probabilities:
+            longest = max(counter.count(label) for label in self.config.labels) + 1
+            return prompt + longest < counter.max_model_len
+        return prompt + 8 <= counter.max_model_len
+
+    def _text_budget(self) -> int:
+        """Text tokens that fit beside the prompt (a start: `_fits` has the last word)."""
+        counter = self.tokens
+        if self.config.mode == "classify":
+            overhead = counter.with_special_tokens("")
+        else:
+            overhead = counter.prompt(self._messages(""))
+        reserve = 0 if self.config.mode == "classify" else max(map(counter.count, self.config.labels)) + 9
+        budget = counter.max_model_len - overhead - reserve
+        if budget < 1:
+            raise RowError(f"the prompt alone ({overhead} tokens) does not fit max_model_len {counter.max_model_len}")
+        return budget
+
+    def _chunks(self, text: str) -> tuple[str, ...]:
+        counter, limit = self.tokens, self._text_budget()
+
+        def resplit(piece: str, budget: int) -> segment.Pieces:
+            return segment.split_by(piece, counter.count, budget, counter.head)
+
+        return segment.fit(resplit(text, limit), self._fits, resplit, limit).pieces
+
+    def _truncated(self, text: str) -> str:
+        """The head (and tail) of the text within the budget, shrunk until it fits."""
+        budget = self._text_budget()
+        while True:
+            # cut on grapheme-cluster boundaries: a Thai vowel mark never loses its consonant
+            if self.config.truncate_keep == "head":
+                kept = text[: segment.grapheme_floor(text, self.tokens.head(text, budget))]
+            else:
+                head = segment.grapheme_floor(text, self.tokens.head(text, budget // 2))
+                tail = segment.grapheme_ceil(text, self.tokens.tail(text, budget - budget // 2 - 2))
+                kept = text[:head] + "\n…\n" + text[max(head, tail):]
+            if self._fits(kept) or budget <= 1:
+                return kept
+            budget = budget * 9 // 10
+
+    # --- parse ----------------------------------------------------------------------------
 
     def parse(self, text: str, plan: Plan, results: list[Result]) -> dict[str, Any]:
-        (result,) = results
-        if isinstance(result, Failure):
-            raise RowError(result.reason)
+        state: _State = plan.state if isinstance(plan.state, _State) else _State()
+        for result in results:
+            if isinstance(result, Failure):
+                where = f"chunk {results.index(result) + 1}/{len(results)}: " if len(results) > 1 else ""
+                raise RowError(where + result.reason)
+        weights = state.weights or (1,) * len(results)
+        if isinstance(results[0], (Classification, Scores)):
+            probs = [self._probabilities(result) for result in results]
+            total = sum(weights)
+            mean = {label: sum(w * p[label] for w, p in zip(weights, probs)) / total for label in self.config.labels}
+            return {**self._labelled(mean), "sentiment_long_text": state.long_text}
+        votes = dict.fromkeys(self.config.labels, 0)
+        for weight, result in zip(weights, results):
+            assert isinstance(result, Completion)
+            label = result.text.strip()
+            if label not in self.config.labels:
+                raise RowError(f"model answered {label!r}, not one of {self.config.labels}")
+            votes[label] += weight
+        label = max(votes, key=votes.get)
+        return {
+            "sentiment": label, "sentiment_probs": None, "sentiment_confidence": None,
+            "sentiment_long_text": state.long_text,
+        }  # fmt: skip
+
+    def _probabilities(self, result: Classification | Scores) -> dict[str, float]:
         if isinstance(result, Classification):
-            return self._labelled(self._job_probabilities(result))
-        if isinstance(result, Scores):
-            top = max(result.logprobs)
-            weights = [math.exp(lp - top) for lp in result.logprobs]
-            return self._labelled({label: w / sum(weights) for label, w in zip(self.config.labels, weights)})
-        assert isinstance(result, Completion)
-        label = result.text.strip()
-        if label not in self.config.labels:
-            raise RowError(f"model answered {label!r}, not one of {self.config.labels}")
-        return {"sentiment": label, "sentiment_probs": None, "sentiment_confidence": None}
+            return self._job_probabilities(result)
+        top = max(result.logprobs)
+        weights = [math.exp(lp - top) for lp in result.logprobs]
+        return {label: w / sum(weights) for label, w in zip(self.config.labels, weights)}
 
     def _labelled(self, probs: dict[str, float]) -> dict[str, Any]:
         label = max(probs, key=probs.get)

@@ -11,42 +11,51 @@ Per row:
      `language_detection.same_language_min_confidence`): no request; the translation is the
      source text, flag `same_language` (other targets of the row are still translated);
    - otherwise protected spans (URLs, e-mails, @mentions, #hashtags, emoji, inline code,
-     glossary terms) become placeholders ⟦1⟧..⟦n⟧, the text is split into pieces of at most
-     `max_source_chars_per_request` characters (paragraphs, then lines, sentences, words),
-     each piece is one request with an output budget that follows its length, and the
+     glossary terms) become placeholders ⟦1⟧..⟦n⟧, and the text is split into pieces
+     (paragraphs, then lines, sentences, clauses, words; batch/text/segment.py) so that each
+     piece's whole prompt (chat template, instruction, text) plus its output budget fits the
+     engine's max_model_len, counted in the serving model's own tokens (the prepare stage
+     binds its tokenizer; batch/text/tokens.py). The output budget follows the piece's token
+     count (`output_tokens_per_token`, capped by `max_output_tokens`). A run with no boundary
+     left is cut at a token boundary (flag `hard_cut`). Each piece is one request, and the
      answers are joined back in order with the original separators.
+   - a row whose source language the model does not cover (`source_languages`) goes to the
+     `fallback` adapter (flag `fallback`), else is translated anyway (flag
+     `unsupported_language`) or skipped, as `unsupported_language` says.
+
+Targets are language codes or BCP-47 tags (`pt-BR`, `zh-Hant`, `es-419`; batch/text/locales.py):
+the prompt names the locale ("Brazilian Portuguese") with the target's `instructions`, the
+columns use a readable suffix (`translation_pt_br`), and detection and guardrails judge the
+base language (`pt`).
 3. Guardrails flag, never fail, a translation: see FLAGS. `error` is kept for real failures
    (the engine could not answer a request). A piece the model answered with nothing keeps
    its source text (flag `empty`), so a translation is never blank for a non-blank text and
    a long document never silently loses a paragraph.
 
 Columns: `source_lang` string, `source_lang_confidence` float64, and per target
-`translation_<lang>` string and `translation_<lang>_flags` list<string> (empty when clean).
+`translation_<suffix>` string and `translation_<suffix>_flags` list<string> (empty when clean).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from batch.tasks.base import Completion, Failure, Generate, Plan, Result, RowError, Skip, Task, TaskConfig
-from batch.text import checks, langid, segment
+from batch.text import checks, langid, locales, segment, tokens
 from batch.text.spans import Masked, has_letters, localize, protect, restore, terms_from, visible
-
-LANGUAGE_NAMES = {
-    "ar": "Arabic", "de": "German", "en": "English", "es": "Spanish", "fr": "French", "hi": "Hindi",
-    "it": "Italian", "ja": "Japanese", "ko": "Korean", "nl": "Dutch", "pl": "Polish", "pt": "Portuguese",
-    "ru": "Russian", "sv": "Swedish", "tr": "Turkish", "uk": "Ukrainian", "zh": "Chinese",
-}  # fmt: skip
 
 INSTRUCTION = (
     "Translate the user's text into {language}. Answer with the translation only. Tokens such as "
     "⟦1⟧ are placeholders for text that must stay as it is: copy each one unchanged, exactly once, "
     "where it belongs."
 )
+STYLE = " Style: {instructions}"  # a target's own instructions (register, formality, a style note)
+FALLBACK_ADAPTER = "translation-fallback"  # the engine-wide name of the fallback adapter
 
 # Every flag a translation can carry, in the order they are listed. The first two are
 # informational (no request was made); the others mark a translation to filter or requeue.
@@ -59,6 +68,9 @@ FLAGS = (
     "wrong_language",  # the translation is confidently detected as another language
     "copied_source",  # the translation repeats the source (source language != target)
     "length_ratio",  # translation/source length outside [min_length_ratio, max_length_ratio]
+    "hard_cut",  # a run with no sentence, clause or word boundary was cut inside, at a token boundary
+    "unsupported_language",  # the source language is not in source_languages (and there is no fallback)
+    "fallback",  # the source language is not in source_languages: the fallback adapter translated it
 )
 
 
@@ -78,6 +90,11 @@ class Glossary(_Section):
         if any(not term.strip() for term in terms):
             raise ValueError("glossary terms must not be blank")
         return terms
+
+    @field_validator("fixed", mode="before")
+    @classmethod
+    def _tag_keys(cls, fixed: Any) -> Any:
+        return {locales.canonical(str(tag)): terms for tag, terms in fixed.items()} if isinstance(fixed, dict) else fixed
 
     @field_validator("fixed")
     @classmethod
@@ -147,17 +164,46 @@ class Guardrails(_Section):
         return self
 
 
+class Fallback(_Section):
+    adapter: str = Field(description="LoRA adapter (local or s3://) on the task's model for uncovered source languages")
+
+
 class TranslationConfig(TaskConfig):
     prompt_version: str = Field(default="2", description="bump when editing the prompt; part of the result cache key")
-    target_languages: list[str] = Field(min_length=1, description="ISO 639-1 codes, one output column each")
-    max_output_tokens: int = Field(default=512, gt=0, description="ceiling of the per-request output budget")
-    output_tokens_per_char: float = Field(
-        default=0.75,
-        gt=0,
-        description="output budget per source character, so long pieces get room and short ones stay cheap",
+    target_languages: list[str] = Field(
+        min_length=1, description="language codes or BCP-47 tags (fr, pt-BR, zh-Hant, es-419), one output column each"
     )
-    max_source_chars_per_request: int = Field(
-        default=500, ge=20, description="longer texts are split into pieces of at most this many characters"
+    instructions: dict[str, str] = Field(
+        default_factory=dict, description="target -> a style note for the prompt (register, formality, audience)"
+    )
+    max_output_tokens: int = Field(default=512, gt=0, description="ceiling of the per-request output budget")
+    output_tokens_per_token: float = Field(
+        default=1.0,
+        gt=0,
+        description="output budget per source token of a piece (plus 16), so long pieces get room and short "
+        "ones stay cheap",
+    )
+    output_tokens_per_char: float | None = Field(
+        default=None,
+        gt=0,
+        description="instead of output_tokens_per_token: an output budget per source character",
+    )
+    max_source_chars_per_request: int | None = Field(
+        default=None,
+        ge=20,
+        description="also cap pieces at this many characters; default: as long as the context allows "
+        "(500 characters where no tokenizer is loaded)",
+    )
+    source_languages: list[str] | None = Field(
+        default=None, description="ISO 639-1 codes the model translates from and into; default: any"
+    )
+    fallback: Fallback | None = Field(
+        default=None, description="where rows in a source language outside source_languages go"
+    )
+    unsupported_language: Literal["translate", "skip"] = Field(
+        default="translate",
+        description="without a fallback, a row in an uncovered source language is translated anyway "
+        "(flag unsupported_language) or skipped",
     )
     adapters: dict[str, str] = Field(
         default_factory=dict,
@@ -170,11 +216,24 @@ class TranslationConfig(TaskConfig):
     @field_validator("target_languages")
     @classmethod
     def _codes(cls, codes: list[str]) -> list[str]:
-        for code in codes:
-            if not code.isalpha() or not code.islower() or len(code) not in (2, 3):
-                raise ValueError(f"{code!r} is not an ISO 639 code like 'fr' or 'de'")
-        if len(set(codes)) != len(codes):
+        tags = [locales.canonical(code) for code in codes]
+        suffixes = [locales.column_suffix(tag) for tag in tags]
+        if len(set(suffixes)) != len(suffixes):
             raise ValueError("target_languages lists a language twice")
+        return tags
+
+    @field_validator("adapters", "instructions", mode="before")
+    @classmethod
+    def _tag_keys(cls, per_target: Any) -> Any:
+        if not isinstance(per_target, dict):
+            return per_target
+        return {locales.canonical(str(tag)): value for tag, value in per_target.items()}
+
+    @field_validator("source_languages")
+    @classmethod
+    def _covered(cls, codes: list[str] | None) -> list[str] | None:
+        if codes is not None and (bad := [c for c in codes if not (c.isalpha() and c.islower() and len(c) in (2, 3))]):
+            raise ValueError(f"{bad} are not ISO 639-1 codes like 'fr' (the detector reports base languages)")
         return codes
 
     @model_validator(mode="after")
@@ -183,11 +242,25 @@ class TranslationConfig(TaskConfig):
             raise ValueError(f"adapters has {extra}, which are not in target_languages {self.target_languages}")
         if extra := sorted(set(self.glossary.fixed) - set(self.target_languages)):
             raise ValueError(f"glossary.fixed has {extra}, which are not in target_languages {self.target_languages}")
+        if extra := sorted(set(self.instructions) - set(self.target_languages)):
+            raise ValueError(f"instructions has {extra}, which are not in target_languages {self.target_languages}")
+        covered = self.source_languages
+        if covered is not None and (uncovered := [t for t in self.target_languages if locales.base(t) not in covered]):
+            raise ValueError(
+                f"target_languages {uncovered} are not among source_languages {covered} (what the model covers)"
+            )
+        if self.fallback is not None and covered is None:
+            raise ValueError("fallback is for source languages the model does not cover: set source_languages too")
         chosen = self.language_detection.languages
-        candidates = set(chosen or []) | set(self.target_languages)
+        candidates = set(chosen or []) | set(self.bases)
         if chosen is not None and len(candidates - set(langid.unknown_codes(candidates))) < 2:
             raise ValueError("language_detection.languages: name at least two languages to choose from")
         return self
+
+    @property
+    def bases(self) -> list[str]:
+        """The base language of every target (pt-BR -> pt): what the detectors can judge."""
+        return sorted({locales.base(tag) for tag in self.target_languages})
 
 
 @dataclass
@@ -222,14 +295,16 @@ class TranslationTask(Task):
             lang: terms_from(glossary.do_not_translate, glossary.fixed.get(lang)) for lang in config.target_languages
         }
         self._names = terms_from(glossary.do_not_translate)  # hidden from the detector: names say no language
-        languages = None if detection.languages is None else [*detection.languages, *config.target_languages]
+        # Detectors know base languages (pt, zh): a locale is judged by its base language.
+        languages = None if detection.languages is None else [*detection.languages, *config.bases]
         self._langid = langid.LanguageIdentifier(
             languages, low_accuracy=detection.low_accuracy, max_chars=detection.max_chars
         )
         judged = config.guardrails.judged_languages or detection.languages or JUDGED_LANGUAGES
         self._judge = langid.LanguageIdentifier(
-            [*judged, *config.target_languages], low_accuracy=detection.low_accuracy, max_chars=detection.max_chars
+            [*judged, *config.bases], low_accuracy=detection.low_accuracy, max_chars=detection.max_chars
         )
+        self._text_limits: dict[str, int] = {}  # target -> most text tokens a piece may have
 
     def columns(self) -> list[pa.Field]:
         fields = [pa.field("source_lang", pa.string()), pa.field("source_lang_confidence", pa.float64())]
@@ -240,11 +315,11 @@ class TranslationTask(Task):
 
     @staticmethod
     def column(lang: str) -> str:
-        return f"translation_{lang}"
+        return f"translation_{locales.column_suffix(lang)}"
 
     @staticmethod
     def flags_column(lang: str) -> str:
-        return f"translation_{lang}_flags"
+        return f"translation_{locales.column_suffix(lang)}_flags"
 
     # --- prepare ----------------------------------------------------------------------
 
@@ -252,42 +327,117 @@ class TranslationTask(Task):
         if not text.strip():
             return Skip("empty text")
         detection = self._langid.detect(visible(protect(text, self._names).text))
+        route = self._route(detection)
+        if route == "skip":
+            values = {"source_lang": detection.language, "source_lang_confidence": detection.confidence}
+            return Skip(f"unsupported_language ({detection.language})", values)
         requests: list[Generate] = []
-        targets = [self._plan_target(text, lang, detection, requests) for lang in self.config.target_languages]
+        targets = [self._plan_target(text, lang, detection, route, requests) for lang in self.config.target_languages]
         return Plan(requests, _State(detection, targets))
 
-    def _plan_target(self, text: str, lang: str, detection: langid.Detection, requests: list[Generate]) -> _Target:
+    def _route(self, detection: langid.Detection) -> Literal["model", "fallback", "unsupported", "skip"]:
+        """Which model translates this row: the task's own when it covers the source language
+        (or coverage is not declared), else the fallback adapter, else the configured policy."""
+        covered = self.config.source_languages
+        if covered is None or detection.language is None or detection.language in covered:
+            return "model"
+        if self.config.fallback is not None:
+            return "fallback"
+        return "unsupported" if self.config.unsupported_language == "translate" else "skip"
+
+    def _plan_target(
+        self, text: str, lang: str, detection: langid.Detection, route: str, requests: list[Generate]
+    ) -> _Target:
         masked = protect(text, self._terms[lang])
         source = visible(masked.text)
         if not has_letters(source):
             return _Target(lang, copy=restore(masked.text, masked.spans).text.strip(), flags=("nothing_to_translate",))
         sure = self.config.language_detection.same_language_min_confidence
-        if detection.language == lang and detection.confidence >= sure:
+        if detection.language == locales.base(lang) and detection.confidence >= sure:
             return _Target(lang, copy=text.strip(), flags=("same_language",))
-        pieces = segment.split(masked.text, self.config.max_source_chars_per_request)
+        pieces = self._split(masked.text, lang)
         parts = tuple(localize(piece, masked.spans) for piece in pieces.pieces)
+        adapter = FALLBACK_ADAPTER if route == "fallback" else self._adapter_for(lang)
         slots: list[int | None] = []
         for part in parts:
             if has_letters(visible(part.text)):
                 slots.append(len(requests))
-                requests.append(self._request(lang, part.text))
+                requests.append(self._request(lang, part.text, adapter))
             else:  # a piece that is only spans (a code block, a line of links): nothing to ask
                 slots.append(None)
-        return _Target(lang, source=source, pieces=pieces, parts=parts, slots=tuple(slots))
+        flags = {"fallback": ("fallback",), "unsupported": ("unsupported_language",)}.get(route, ())
+        flags += ("hard_cut",) if pieces.hard_cuts else ()
+        return _Target(lang, flags=flags, source=source, pieces=pieces, parts=parts, slots=tuple(slots))
 
-    def _request(self, lang: str, piece: str) -> Generate:
-        budget = min(self.config.max_output_tokens, 16 + int(len(piece) * self.config.output_tokens_per_char))
-        system = INSTRUCTION.format(language=LANGUAGE_NAMES.get(lang, lang))
-        return Generate(messages=(("system", system), ("user", piece)), max_tokens=budget, adapter=self._adapter_for(lang))
+    def _system(self, lang: str) -> str:
+        system = INSTRUCTION.format(language=locales.display_name(lang))
+        if note := self.config.instructions.get(lang):
+            system += STYLE.format(instructions=note)
+        return system
+
+    def _request(self, lang: str, piece: str, adapter: str | None) -> Generate:
+        messages = (("system", self._system(lang)), ("user", piece))
+        return Generate(messages=messages, max_tokens=self._output_budget(piece), adapter=adapter)
+
+    # --- budgets: what a piece may cost -------------------------------------------------
+
+    def _output_budget(self, piece: str) -> int:
+        """The output budget follows the piece's size: in the model's tokens when its
+        tokenizer is loaded, else (and when the job says so) in characters."""
+        ceiling, per_char = self.config.max_output_tokens, self.config.output_tokens_per_char
+        if per_char is not None or self.tokens is None:
+            return min(ceiling, 16 + int(len(piece) * (per_char or 0.75)))
+        return min(ceiling, 16 + math.ceil(self.tokens.count(piece) * self.config.output_tokens_per_token))
+
+    def _split(self, text: str, lang: str) -> segment.Pieces:
+        """Pieces whose whole prompt (template, instruction, text) plus output budget fit
+        the engine's max_model_len, cut at the most natural boundaries that allow it."""
+        cap = self.config.max_source_chars_per_request
+        if self.tokens is None:  # no tokenizer here (unit tests): characters only
+            return segment.split(text, cap or 500)
+        counter, system = self.tokens, self._system(lang)
+        limit = self._text_limit(lang, system)
+
+        def fits(piece: str) -> bool:
+            prompt = counter.prompt((("system", system), ("user", piece)))
+            return prompt + self._output_budget(piece) <= counter.max_model_len
+
+        def resplit(piece: str, budget: int) -> segment.Pieces:
+            return segment.split_by(piece, counter.count, budget, counter.head)
+
+        first = segment.split(text, cap) if cap else resplit(text, limit)
+        return segment.fit(first, fits, resplit, limit)
+
+    def _text_limit(self, lang: str, system: str) -> int:
+        """Most text tokens a piece may have: what the context leaves after the rendered
+        instruction and the piece's own output budget."""
+        if (limit := self._text_limits.get(lang)) is None:
+            counter, rules = self.tokens, self.config
+            room = counter.max_model_len - counter.prompt((("system", system), ("user", "")))
+            if rules.output_tokens_per_char is not None:  # budget by characters: assume the ceiling
+                limit = room - rules.max_output_tokens
+            else:
+                limit = tokens.largest_fitting(
+                    room, lambda t: min(rules.max_output_tokens, 16 + math.ceil(t * rules.output_tokens_per_token))
+                )
+            if limit < 1:
+                raise RowError(
+                    f"{self.column(lang)}: the instruction and the output budget (max_output_tokens "
+                    f"{rules.max_output_tokens}) leave no room for text in max_model_len {counter.max_model_len}"
+                )
+            self._text_limits[lang] = limit
+        return limit
 
     def warm_up(self) -> None:
         """Lingua loads its language models on first use (seconds): do it once, up front."""
         self._langid.detect("Warm-up: the detector loads its language models here.")
 
     def adapters(self) -> dict[str, str]:
-        """One engine serves every target's adapter side by side (vLLM multi-LoRA)."""
+        """One engine serves every target's adapter and the fallback side by side (vLLM multi-LoRA)."""
         named = super().adapters()
         named.update({f"{self.name}-{lang}": uri for lang, uri in self.config.adapters.items()})
+        if self.config.fallback is not None:
+            named[FALLBACK_ADAPTER] = self.config.fallback.adapter
         return named
 
     def _adapter_for(self, lang: str) -> str | None:
@@ -306,6 +456,7 @@ class TranslationTask(Task):
                 translation, flags = target.copy, set(target.flags)
             else:
                 translation, flags = self._assemble(target, results, state.detection)
+                flags |= set(target.flags)
             values[self.column(target.lang)] = translation
             values[self.flags_column(target.lang)] = [flag for flag in FLAGS if flag in flags]
         return values
@@ -336,7 +487,7 @@ class TranslationTask(Task):
             outputs.append(restored.text)
             answered.append(visible(answer))
         assert target.pieces is not None
-        glue = "" if target.lang in segment.NO_SPACE_LANGUAGES else " "
+        glue = "" if locales.base(target.lang) in segment.NO_SPACE_LANGUAGES else " "
         translation = target.pieces.join(outputs, glue=glue).strip()
         return translation, flags | self._guardrails(target, " ".join(answered), detection)
 
@@ -347,14 +498,15 @@ class TranslationTask(Task):
             ratio = checks.length_ratio(target.source, answer)
             if ratio is not None and not rules.min_length_ratio <= ratio <= rules.max_length_ratio:
                 flags.add("length_ratio")
-        foreign_source = detection.language is not None and detection.language != target.lang
+        base = locales.base(target.lang)  # the detector knows Portuguese, not Brazilian Portuguese
+        foreign_source = detection.language is not None and detection.language != base
         if foreign_source and checks.is_copy(target.source, answer):
             flags.add("copied_source")
-        if len(answer) >= rules.min_chars_to_judge and self._judge.supports(target.lang):
+        if len(answer) >= rules.min_chars_to_judge and self._judge.supports(base):
             judged = self._judge.detect(answer)
             if (
                 judged.language is not None
-                and judged.language != target.lang
+                and judged.language != base
                 and judged.confidence >= rules.wrong_language_min_confidence
             ):
                 flags.add("wrong_language")
