@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -29,6 +30,7 @@ from batch.config import ConfigError, JobConfig
 from batch.infer import models
 from batch.infer.engine import EngineSpec, batch_size_for, resolve_engine_settings
 from batch.infer.stage import InferenceStage, StageSpec
+from batch.io.lease import Lease, LeaseHeld, LeaseLost
 from batch.io.read import BadInput, InputFile, make_reader, plan_inputs, read_slices
 from batch.io.storage import Location
 from batch.io.write import FileProgress, Output, job_fingerprint, make_part_writer
@@ -142,11 +144,58 @@ def run(
     output = Output(Location(job.output.uri, job.storage), job_fingerprint(_definition(job)))
     summary = RunSummary(run_id=run_id, job=job.redacted(), output=job.output.uri, started=started)
 
+    # Before the lease: a published output says so at once, whoever holds or left a lease.
     if output.is_published() and not overwrite:
-        echo(f"{job.output.uri} is already published (_SUCCESS exists); nothing to do. Use --overwrite to redo it.")
-        summary.status = "already published"
-        return summary
+        return _already_published(job, output, run_id, summary, echo)
 
+    lease = output.lease(run_id, job.output.lease_seconds)
+    try:
+        lease.take()  # before anything is written under the output
+    except LeaseHeld as exc:
+        raise RunFailed(f"{exc}. Run again once it has ended; if it was killed, its lease expires as shown") from None
+    try:
+        if lease.taken_over_from:
+            echo(f"lease: took over the output from {lease.taken_over_from} (its heartbeat stopped)")
+        if output.is_published():  # published by another run since the check above
+            if not overwrite:
+                return _already_published(job, output, run_id, summary, echo, lease)
+            output.discard_staging()  # leftovers of the published run: --overwrite redoes everything
+            output.withdraw()  # from here the folder claims nothing, until this run's _SUCCESS
+        return _plan_process_publish(job, output, lease, run_id, summary, started, ray_address, echo)
+    except LeaseLost as exc:
+        raise RunFailed(str(exc)) from None
+    finally:
+        lease.release()
+
+
+def _already_published(
+    job: JobConfig, output: Output, run_id: str, summary: RunSummary, echo, lease: Lease | None = None
+) -> RunSummary:
+    """Nothing to do; staging left by a run cut after its _SUCCESS is removed if no run holds the lease."""
+    echo(f"{job.output.uri} is already published (_SUCCESS exists); nothing to do. Use --overwrite to redo it.")
+    summary.status = "already published"
+    if not output.has_staging():
+        return summary
+    try:
+        with contextlib.nullcontext(lease) if lease else output.lease(run_id, job.output.lease_seconds):
+            if output.is_published():
+                output.discard_staging()
+                echo("removed the staging a previous run left after publishing")
+    except LeaseHeld as exc:
+        echo(f"staging left by a previous run is kept for now: {exc}")
+    return summary
+
+
+def _plan_process_publish(
+    job: JobConfig,
+    output: Output,
+    lease: Lease,
+    run_id: str,
+    summary: RunSummary,
+    started: float,
+    ray_address: str | None,
+    echo: Callable[[str], None],
+) -> RunSummary:
     # plan
     check_models(job)
     files, bad_inputs = plan_inputs(job.input, job.storage)
@@ -189,7 +238,7 @@ def run(
         "unreadable_inputs": [dataclasses.asdict(bad) for bad in bad_inputs],
     }
     summary.status = "published" if not bad_inputs else "published with unreadable inputs"
-    output.publish(list(committed.values()), manifest, summary.to_dict())
+    output.publish(list(committed.values()), manifest, summary.to_dict(), still_held=lease.check)
     return summary
 
 
