@@ -405,7 +405,7 @@ def test_second_run_on_the_same_output_exits_naming_the_holder(models, tmp_path)
     out = tmp_path / "out"
     job = write_job(tmp_path / "job.yaml", quick_job(str(tmp_path / "in"), str(out), str(models["chat"])))
     first = start_cli("run", str(job), log=tmp_path / "first.log")
-    wait_for(lambda: (out / "_lease.json").exists(), 120, "the first run's lease", first, tmp_path / "first.log")
+    wait_for(lambda: (out / "_lease.json").exists(), 600, "the first run's lease", first, tmp_path / "first.log")
 
     second = run_cli("run", str(job))
     assert second.returncode == 1

@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from batch.io.storage import Location
+from batch.io.storage import Location, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +138,14 @@ class Lease:
     def take(self) -> None:
         """Create the lease, or take over a stale one; LeaseHeld if a live run holds it."""
         me = Holder.me(self.run_id, self.ttl)
-        tag = self.store.create(me.to_bytes())
-        if tag is None:
-            tag = self._take_over(me)
+        try:
+            tag = self.store.create(me.to_bytes())
+            if tag is None:
+                tag = self._take_over(me)
+        except LeaseHeld:
+            raise
+        except Exception as exc:  # noqa: BLE001 - access denied, no bucket, store gone: one line naming the URI
+            raise StorageError(f"{self.uri}: could not take the output's lease: {exc}") from exc
         self.holder, self.tag = me, tag
         self._thread = threading.Thread(target=self._heartbeat, name="lease-heartbeat", daemon=True)
         self._thread.start()
@@ -309,7 +314,8 @@ class _S3Object:
         if current is None or current[1] != tag:
             return
         try:
-            self.client.delete_object(Bucket=self.bucket, Key=self.key, **({"IfMatch": tag} if self.conditional else {}))
+            condition = {"IfMatch": tag} if self.conditional else {}
+            self.client.delete_object(Bucket=self.bucket, Key=self.key, **condition)
         except ClientError as exc:
             if _code(exc) not in ("PreconditionFailed", "NoSuchKey", "404"):
                 raise
@@ -327,7 +333,7 @@ class _S3Object:
                 return None
             if code not in self._UNSUPPORTED:
                 raise
-            log.warning("s3://%s/%s: the store refuses conditional writes (%s); the lease is best effort", self.bucket, self.key, code)  # fmt: skip
+            log.warning("s3://%s/%s: no conditional writes here (%s); lease is best effort", self.bucket, self.key, code)
             self.conditional = False
         return self._put_best_effort(data, **condition)
 
@@ -361,7 +367,9 @@ def _s3_client(endpoint_url: str | None, region: str | None, retries: int) -> An
             "s3",
             endpoint_url=endpoint or None,
             region_name=region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-            config=Config(retries={"max_attempts": max(1, retries), "mode": "standard"}, connect_timeout=10, read_timeout=60),
+            config=Config(
+                retries={"max_attempts": max(1, retries), "mode": "standard"}, connect_timeout=10, read_timeout=60
+            ),
         )  # fmt: skip
     return _clients[key]
 

@@ -211,7 +211,8 @@ class Output:
         for record in sorted(commits, key=lambda r: r["source"]):
             key = file_key(record["source"])
             for n, part_uri in enumerate(record["parts"]):
-                placements.append((Location(part_uri, self.location.storage), self.location.join(f"{key}-{n:04d}.parquet")))
+                staged = Location(part_uri, self.location.storage)
+                placements.append((staged, self.location.join(f"{key}-{n:04d}.parquet")))
         return placements
 
     def _copy(self, staged: Location, target: Location) -> None:
