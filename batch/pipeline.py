@@ -159,8 +159,9 @@ def run(
         if output.is_published():  # published by another run since the check above
             if not overwrite:
                 return _already_published(job, output, run_id, summary, echo, lease)
-            output.discard_staging()  # leftovers of the published run: --overwrite redoes everything
-            output.withdraw()  # from here the folder claims nothing, until this run's _SUCCESS
+            # --overwrite redoes everything: staging left by the published run (or by an overwrite
+            # cut before its publish) goes; the old output stays published until the publish.
+            output.discard_staging()
         return _plan_process_publish(job, output, lease, run_id, summary, started, ray_address, echo)
     except LeaseLost as exc:
         raise RunFailed(str(exc)) from None
