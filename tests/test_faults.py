@@ -1,6 +1,8 @@
 """Nightly runs that crash and rerun: the driver killed mid-run, an engine actor killed
-mid-run, the object store going away mid-write. Each ends with every input id exactly once
-in the published output."""
+mid-run, the object store going away mid-write, the driver killed at every point of the
+commit protocol (named fault points, and one SIGKILL with no hook while it publishes to S3),
+two runs on one output, a stale lease. Each ends with every input id exactly once in the
+published output."""
 
 from __future__ import annotations
 

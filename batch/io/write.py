@@ -111,7 +111,7 @@ class Output:
         self.location = location
         self.fingerprint = fingerprint
         self.staging = location.join(STAGING, fingerprint)
-        self.replaces_published = False  # set by withdraw(): this run replaces a published output
+        self.replaces_published = False  # set by withdraw(); where the overwrite.midway crash point fires
 
     def lease(self, run_id: str, ttl_seconds: float) -> Lease:
         return Lease(self.location, run_id, ttl_seconds)
