@@ -45,6 +45,9 @@ class InputConfig(Strict):
 class OutputConfig(Strict):
     uri: str = Field(description="where the annotated Parquet is published; `{date}` is the run date")
     rows_per_file: int = Field(default=100_000, gt=0)
+    lease_seconds: float = Field(
+        default=600, ge=1, description="one run per output: a killed run's lease expires this long after its last heartbeat"
+    )
 
 
 class StorageConfig(Strict):

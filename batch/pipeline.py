@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -32,6 +33,7 @@ from batch.identity import RunIdentity, resolve_run
 from batch.infer import models
 from batch.infer.engine import EngineSpec, batch_size_for, resolve_engine_settings
 from batch.infer.stage import EngineCallFailed, EngineHealth, InferenceStage, StageSpec
+from batch.io.lease import Lease, LeaseHeld, LeaseLost
 from batch.io.read import BadInput, InputFile, make_reader, output_schema, plan_inputs, read_slices
 from batch.io.storage import Location
 from batch.io.write import MANIFEST, STAGING, FileProgress, Output, make_part_writer
@@ -153,9 +155,65 @@ def run(
     output = Output(Location(job.output.uri, job.storage), identity.fingerprint)
     summary = RunSummary(run_id=run_id, job=job.redacted(), output=job.output.uri, started=started)
 
+    # Before the lease: a published output says so at once, whoever holds or left a lease.
     if output.is_published() and not overwrite:
-        return _already_published(output, summary, echo)
+        return _already_published(job, output, run_id, summary, echo)
 
+    lease = output.lease(run_id, job.output.lease_seconds)
+    try:
+        lease.take()  # before anything is written under the output
+    except LeaseHeld as exc:
+        raise RunFailed(f"{exc}. Run again once it has ended; if it was killed, its lease expires as shown") from None
+    try:
+        if lease.taken_over_from:
+            echo(f"lease: took over the output from {lease.taken_over_from} (its heartbeat stopped)")
+        if output.is_published():  # published by another run since the check above
+            if not overwrite:
+                return _already_published(job, output, run_id, summary, echo, lease)
+            # --overwrite redoes everything: staging left by the published run (or by an overwrite
+            # cut before its publish) goes; the old output stays published until the publish.
+            output.discard_staging()
+        return _plan_process_publish(job, identity, output, lease, run_id, summary, started, ray_address, echo)
+    except LeaseLost as exc:
+        raise RunFailed(str(exc)) from None
+    finally:
+        lease.release()
+
+
+def _already_published(
+    job: JobConfig, output: Output, run_id: str, summary: RunSummary, echo, lease: Lease | None = None
+) -> RunSummary:
+    """A retry of a published date does nothing, but says what the publish said: the
+    manifest's unreadable inputs keep a partial result partial on every retry (exit 2).
+    Staging left by a run cut after its _SUCCESS is removed if no run holds the lease."""
+    manifest = output.location.join(MANIFEST)
+    unreadable = manifest.read_json().get("unreadable_inputs", []) if manifest.exists() else []
+    summary.unreadable_inputs = [{"uri": bad["uri"], "reason": bad["reason"], "rows": bad.get("rows")} for bad in unreadable]
+    summary.status = "already published with unreadable inputs" if unreadable else "already published"
+    echo(f"{summary.output} is {summary.status} (_SUCCESS exists); nothing to do. Use --overwrite to redo it.")
+    if not output.has_staging():
+        return summary
+    try:
+        with contextlib.nullcontext(lease) if lease else output.lease(run_id, job.output.lease_seconds):
+            if output.is_published():
+                output.discard_staging()
+                echo("removed the staging a previous run left after publishing")
+    except LeaseHeld as exc:
+        echo(f"staging left by a previous run is kept for now: {exc}")
+    return summary
+
+
+def _plan_process_publish(
+    job: JobConfig,
+    identity: RunIdentity,
+    output: Output,
+    lease: Lease,
+    run_id: str,
+    summary: RunSummary,
+    started: float,
+    ray_address: str | None,
+    echo: Callable[[str], None],
+) -> RunSummary:
     # plan
     check_models(job)
     files, bad_inputs = plan_inputs(job.input, job.storage)
@@ -206,24 +264,13 @@ def run(
         "unreadable_inputs": unreadable,
     }  # fmt: skip
     summary.status = "published" if not unreadable else "published with unreadable inputs"
-    output.publish(list(committed.values()), manifest, summary.to_dict())
+    output.publish(list(committed.values()), manifest, summary.to_dict(), still_held=lease.check)
     return summary
 
 
 def new_run_id() -> str:
     """Sortable by start time, unique per attempt: names the attempt's parts and its log."""
     return f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
-
-
-def _already_published(output: Output, summary: RunSummary, echo: Callable[[str], None]) -> RunSummary:
-    """A retry of a published date does nothing, but says what the publish said: the
-    manifest's unreadable inputs keep a partial result partial on every retry (exit 2)."""
-    manifest = output.location.join(MANIFEST)
-    unreadable = manifest.read_json().get("unreadable_inputs", []) if manifest.exists() else []
-    summary.unreadable_inputs = [{"uri": bad["uri"], "reason": bad["reason"], "rows": bad.get("rows")} for bad in unreadable]
-    summary.status = "already published with unreadable inputs" if unreadable else "already published"
-    echo(f"{summary.output} is {summary.status} (_SUCCESS exists); nothing to do. Use --overwrite to redo it.")
-    return summary
 
 
 def _process(
