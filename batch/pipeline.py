@@ -151,13 +151,15 @@ def run(
 ) -> RunSummary:
     started = time.time()
     run_id = run_id or new_run_id()
-    identity = resolve_run(job)  # once: weights are identified here and nowhere else
-    output = Output(Location(job.output.uri, job.storage), identity.fingerprint)
+    location = Location(job.output.uri, job.storage)
     summary = RunSummary(run_id=run_id, job=job.redacted(), output=job.output.uri, started=started)
 
-    # Before the lease: a published output says so at once, whoever holds or left a lease.
-    if output.is_published() and not overwrite:
-        return _already_published(job, output, run_id, summary, echo)
+    # Before the lease and before the weights are identified: a published output says so at
+    # once, whoever holds or left a lease and whether or not its models are still there.
+    if Output(location).is_published() and not overwrite:
+        return _already_published(job, Output(location), run_id, summary, echo)
+    identity = resolve_run(job)  # once: weights are identified here and nowhere else
+    output = Output(location, identity.fingerprint)
 
     lease = output.lease(run_id, job.output.lease_seconds)
     try:

@@ -127,7 +127,9 @@ class FileProgress:
 class Output:
     """The output location of one job: staging, commits, publish (see the module's protocol)."""
 
-    def __init__(self, location: Location, fingerprint: str):
+    def __init__(self, location: Location, fingerprint: str = ""):
+        """Without a fingerprint: the output as a reader sees it (published or not, its
+        lease, all staging), before the run's identity is resolved."""
         self.location = location
         self.fingerprint = fingerprint
         self.staging = location.join(STAGING, fingerprint)
