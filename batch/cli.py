@@ -134,10 +134,12 @@ def demo(output_dir, workdir, job_file):
 def _register_commands() -> None:
     """Commands that live beside the modules they drive."""
     from batch.evaluate_command import eval_command
+    from batch.finetune.command import finetune
     from batch.report.command import report
 
     main.add_command(report)
     main.add_command(eval_command)
+    main.add_command(finetune)
 
 
 _register_commands()
