@@ -34,6 +34,7 @@ from batch.io.storage import Location
 from batch.io.write import FileProgress, Output, job_fingerprint, make_part_writer
 from batch.parse import ParseStage
 from batch.prepare import PrepareStage, TextStageSpec
+from batch.progress import ProgressLine, quiet_ray_data, quiet_workers_env
 from batch.summary import RunSummary
 from batch.tasks import TASKS
 
@@ -118,8 +119,9 @@ def connect_ray(address: str | None) -> None:
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     # A local cluster lives for one run: no dashboard, whose processes take CPU from the
     # engine while it starts (the progress lines and _summary.json say what it would).
-    extra = {"include_dashboard": False} if address == "local" else {}
+    extra = {"include_dashboard": False, "runtime_env": quiet_workers_env()} if address == "local" else {}
     ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING, **extra)
+    quiet_ray_data()
 
 
 def detect_device(job: JobConfig) -> str:
@@ -272,7 +274,7 @@ def _process(
 def _consume(records, progress, committed, output: Output, summary: RunSummary, total: int, echo) -> None:
     """The driver's loop over write records: count rows per input file, commit each file
     as soon as all its rows are written, report progress."""
-    done, last_report, t0 = 0, 0.0, time.time()
+    meter = ProgressLine(total, echo)
     for record in records:
         if summary.seconds_to_first_row is None:
             summary.seconds_to_first_row = round(time.time() - summary.started, 2)
@@ -280,14 +282,9 @@ def _consume(records, progress, committed, output: Output, summary: RunSummary, 
         file_progress.parts.append(record["part"])
         file_progress.rows += record["rows"]
         file_progress.counts = dict(Counter(file_progress.counts) + Counter(json.loads(record["counts"])))
-        done += record["rows"]
         if file_progress.complete:
             committed[record["source"]] = output.commit(file_progress)
-        now = time.time()
-        if now - last_report > 10 or done == total:
-            rate = done / max(now - t0, 1e-9)
-            echo(f"progress: {done}/{total} rows ({done / max(total, 1):.0%}), {rate:.1f} rows/s")
-            last_report = now
+        meter.advance(record["rows"])
 
 
 def _root_cause(exc: BaseException) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 import tempfile
 import time
@@ -31,6 +32,7 @@ from batch.finetune.data import Splits, encode, serving_task
 from batch.finetune.spec import FinetuneSpec
 from batch.infer import models
 from batch.io.storage import Location, filesystem_for
+from batch.progress import verbose
 
 PROGRESS = "progress.json"  # in every checkpoint: epoch, loss history, base metrics
 STATE = "state.pt"  # trainable weights and optimizer
@@ -69,7 +71,7 @@ def fit(spec: FinetuneSpec, splits: Splits, run_identity: str, resume: str | Non
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"spec": spec.model_dump(mode="json"), "train": splits.train,
-                           "held_out": splits.held_out, "resume": resume},  # fmt: skip
+                           "held_out": splits.held_out, "resume": resume, "verbose": verbose()},  # fmt: skip
         scaling_config=_scaling(spec),
         run_config=ray.train.RunConfig(
             name=f"attempt-{time.strftime('%Y%m%dT%H%M%S')}",
@@ -106,6 +108,8 @@ def train_loop(config: dict[str, Any]) -> None:
     import torch
 
     spec = FinetuneSpec.model_validate(config["spec"])
+    if not config["verbose"]:  # Ray Train's per-report lines; ours say epoch, loss and speed
+        logging.getLogger("ray.train").setLevel(logging.WARNING)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(max(1, int(spec.scaling.cpus_per_worker)))
