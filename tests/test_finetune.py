@@ -100,7 +100,7 @@ def test_both_finetunes_are_served_by_the_job_unchanged(classifier_finetune, tra
     output = f"{store['bucket']}/tagged/"
     job = write_job(tmp_path / "job.yaml", {
         "name": "serve-finetunes", "input": {"uris": [f"{store['bucket']}/held-out/"], "id_column": "post_id"},
-        "output": {"uri": output}, "engine": {"replicas": 1, "max_model_len": 512},
+        "output": {"uri": output}, "engine": {"replicas": 1, "max_model_len": 1024},  # CJK posts: ~3 tokens a character
         "tasks": {
             "sentiment": {"model": classifier_finetune["uri"], "mode": "classify", "labels": LABELS},
             "translation": {"model": translation_finetune["card"]["base_model"]["uri"], "target_languages": ["en"],
@@ -180,6 +180,7 @@ def _spec(models, data: str, tmp_path, **changes) -> dict:
         ({"lora": {"target_modules": ["embed_tokens"]}}, "lora.target_modules", "cannot be served"),
         ({"epochs": 3}, "epochs", "unknown key; allowed here: name, task, method"),
         ({"task": "translation", "method": "lora"}, "target_language", "required for translation"),
+        ({"base_model": "/nowhere/tiny-model"}, "base_model", "no config.json"),
     ],
 )
 def test_a_bad_spec_fails_before_any_worker_starts_naming_the_field(models, small_data, tmp_path, changes, field, words):

@@ -61,6 +61,7 @@ def _read(spec: FinetuneSpec) -> tuple[list[dict[str, str]], list[str] | None]:
     columns = {role: table.column(name).to_pylist() for role, name in roles.items()}
     rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
     splits = table.column(spec.data.split_column).to_pylist() if spec.data.split_column else None
+    # A row without text or label teaches nothing: left out (the card counts rows per split).
     kept = [i for i, row in enumerate(rows) if all(isinstance(v, str) and v.strip() for v in row.values())]
     return [rows[i] for i in kept], ([splits[i] for i in kept] if splits is not None else None)
 

@@ -18,10 +18,8 @@ def check_base_model(spec: FinetuneSpec) -> None:
     """A local or s3:// base must be a model folder; a hub id is left to the workers."""
     try:
         config = models.read_config(spec.base_model, spec.storage)
-    except (FileNotFoundError, OSError):
-        config = None
-        if not models.is_hub_id(spec.base_model):
-            raise ConfigError(f"base_model: {spec.base_model}: no config.json (is it a Hugging Face model folder?)") from None  # fmt: skip
+    except (ConfigError, OSError):
+        raise ConfigError(f"base_model: {spec.base_model}: no config.json (give a Hugging Face model folder, local or s3://, or a hub id)") from None  # fmt: skip
     if config is not None and spec.method == "lora" and "ForSequenceClassification" in str(config.get("architectures")):
         raise ConfigError(f"base_model: {spec.base_model} is a classifier; method lora needs a chat (causal LM) model")
 
