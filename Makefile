@@ -1,9 +1,9 @@
 # The two commands a newcomer needs (see README.md):
-#   make demo   install, then run the job on its embedded default (local Ray, sample corpus, tiny model)
+#   make demo   install, then fine-tune the tiny model on the sample corpus and tag its held-out split with base and fine-tune
 #   make test   install with test tools, then run the whole test suite
 PY := .venv/bin/python
 
-.PHONY: demo test install install-test bench
+.PHONY: demo test install install-test bench bench-finetune
 
 install:
 	@scripts/install.sh
@@ -19,3 +19,6 @@ test: install-test
 
 bench: install-test
 	$(PY) benchmarks/throughput.py
+
+bench-finetune: install-test
+	$(PY) benchmarks/finetune.py

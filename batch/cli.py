@@ -2,7 +2,8 @@
 
     python -m batch run JOB.yaml [--input URI]... [--output URI] [--set KEY=VALUE]... [--overwrite]
     python -m batch validate JOB.yaml [same options]
-    python -m batch demo [--output DIR]
+    python -m batch demo [--output DIR] [--model HUB_ID]
+    python -m batch finetune SPEC.yaml [--set KEY=VALUE]...
     python -m batch k8s render JOB.yaml --date YYYY-MM-DD --image IMAGE@sha256:... [--set KEY=VALUE]...
 
 Exit status (batch/outcome.py): 0 succeeded, 1 failed (a retry resumes), 2 published with
@@ -11,7 +12,6 @@ unreadable inputs, 3 invalid job or arguments (not worth retrying).
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import sys
@@ -164,40 +164,45 @@ def validate(job_file, input_uris, output_uri, overrides, run_date):
 
 
 @main.command()
-@click.option("--output", "output_dir", default="out/demo", show_default=True, help="Where to publish the demo output.")
-@click.option("--workdir", default=".demo", show_default=True, help="Where the tiny models and sample corpus are built.")
+@click.option("--output", "output_dir", default="out/demo", show_default=True, help="Where to publish the demo output (base/ and finetune/).")  # fmt: skip
+@click.option("--workdir", default=".demo", show_default=True, help="Where the tiny models, the splits and the fine-tune are built.")  # fmt: skip
 @click.option("--job", "job_file", default="jobs/demo.yaml", show_default=True, type=click.Path(path_type=Path))
-def demo(output_dir, workdir, job_file):
-    """Build a tiny random-weight model and the sample corpus locally, then run the demo job."""
-    from batch.demo.corpus import write_sample_corpus
-    from batch.demo.models import build_demo_models
+@click.option("--model", default=None, metavar="HUB_ID_OR_DIR", help="A real chat model to fine-tune with LoRA instead of the tiny classifier.")  # fmt: skip
+@click.option("--workers", default=2, show_default=True, help="Ray Train workers for the fine-tune.")
+def demo(output_dir, workdir, job_file, model, workers):
+    """Fine-tune on the sample corpus's gold sentiment, tag the held-out split with the base
+    model and with the fine-tune, and print both scores side by side."""
+    from batch.demo.loop import DemoPlan, run_demo
+    from batch.finetune.command import metrics_table
+    from batch.io.storage import StorageError
+    from batch.pipeline import RunFailed
 
-    click.echo("The demo model has random weights: labels and translations are structurally real but meaningless.")
-    work = Path(workdir)
-    models = build_demo_models(work / "models")
-    write_sample_corpus(work / "corpus")
-    ctx = click.get_current_context()
-    ctx.invoke(
-        run,
-        job_file=job_file,
-        input_uris=(str(work / "corpus"),),
-        output_uri=output_dir,
-        overrides=(f"tasks.sentiment.model={models['chat']}", f"tasks.translation.model={models['chat']}"),
-        run_date=dt.datetime.now(),
-        overwrite=True,
-        address=None,
-    )
+    plan = DemoPlan(workdir=Path(workdir), output=Path(output_dir), job_file=job_file, model=model, workers=workers)
+    try:
+        result = run_demo(plan, echo=click.echo)
+    except (ConfigError, RunFailed, StorageError) as exc:
+        click.echo(f"FAILED: {exc}", err=True)
+        sys.exit(1)
+    finally:
+        _disconnect_ray()
+    click.echo("\nheld-out sentiment, scored by the job's output (python -m batch eval):")
+    click.echo(metrics_table({"base": result["base"], "finetune": result["finetune"]}))
+    click.echo(f"SUCCEEDED: out of {result['base']['scored']} held-out posts, macro-F1 "
+               f"{result['base']['macro_f1']:.2f} (base) -> {result['finetune']['macro_f1']:.2f} (fine-tune); "
+               f"outputs in {output_dir}/base and {output_dir}/finetune")  # fmt: skip
 
 
 def _register_commands() -> None:
     """Commands that live beside the modules they drive."""
     from batch.evaluate_command import eval_command
+    from batch.finetune.command import finetune
     from batch.k8s_command import k8s
     from batch.report.command import report
 
     main.add_command(report)
     main.add_command(eval_command)
     main.add_command(k8s)
+    main.add_command(finetune)
 
 
 _register_commands()

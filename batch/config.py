@@ -214,12 +214,13 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     node[parts[-1]] = value
 
 
-def format_validation_error(exc: ValidationError) -> str:
+def format_validation_error(exc: ValidationError, root: type[BaseModel] | None = None) -> str:
+    """One line per error, naming the field; `root` is the model validated (default: a job file)."""
     lines = []
     for err in exc.errors():
         loc = ".".join(str(part) for part in err["loc"]) or "(top level)"
         if err["type"] == "extra_forbidden":
-            allowed = _allowed_keys(err["loc"][:-1])
+            allowed = _allowed_keys(err["loc"][:-1], root or JobConfig)
             hint = f"; allowed here: {', '.join(allowed)}" if allowed else ""
             lines.append(f"  {loc}: unknown key{hint}")
         elif err["type"] == "missing":
@@ -229,8 +230,8 @@ def format_validation_error(exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def _allowed_keys(loc: tuple) -> list[str]:
-    model: Any = JobConfig
+def _allowed_keys(loc: tuple, root: type[BaseModel]) -> list[str]:
+    model: Any = root
     for part in loc:
         field = getattr(model, "model_fields", {}).get(part)
         if field is None:

@@ -39,6 +39,7 @@ from batch.io.storage import Location
 from batch.io.write import MANIFEST, STAGING, FileProgress, Output, make_part_writer
 from batch.parse import ParseStage
 from batch.prepare import PrepareStage, TextStageSpec
+from batch.progress import ProgressLine, quiet_ray_data, quiet_workers_env
 from batch.summary import RunSummary
 from batch.tasks import TASKS
 
@@ -98,7 +99,25 @@ def engine_groups(job: JobConfig, device: str, identity: RunIdentity) -> list[En
                 weights=identity.weights_of(*(w.uri for w in group.spec.weights), *adapters.values()),
             )
         group.tasks.append((name, config))
+    for group in groups.values():
+        _check_scoring_beside_lora(group, device)
     return list(groups.values())
+
+
+def _check_scoring_beside_lora(group: EngineGroup, device: str) -> None:
+    """vLLM's CPU build (0.32) fails every prompt-log-probability request of an engine that
+    has LoRA enabled, adapter or not (`einsum(): subscript b has size ...`, reproduced with
+    the tiny models): refuse that combination before any engine starts, naming the fix."""
+    if device != "cpu" or not group.spec.adapters:
+        return
+    for name, config in group.tasks:
+        if TASKS[name](config).scores_continuations():
+            raise ConfigError(
+                f"tasks.{name}: label probabilities (scored prompt log-probabilities) fail in vLLM's CPU build on an "
+                f"engine with LoRA adapters ({', '.join(a for a, _ in group.spec.adapters)} on {group.spec.model}); "
+                f"set tasks.{name}.probabilities: false (constrained choice), serve it on a GPU, or give it a model "
+                f"without adapters"
+            )
 
 
 def check_models(job: JobConfig) -> None:
@@ -129,8 +148,9 @@ def connect_ray(address: str | None) -> None:
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     # A local cluster lives for one run: no dashboard, whose processes take CPU from the
     # engine while it starts (the progress lines and _summary.json say what it would).
-    extra = {"include_dashboard": False} if address == "local" else {}
+    extra = {"include_dashboard": False, "runtime_env": quiet_workers_env()} if address == "local" else {}
     ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING, **extra)
+    quiet_ray_data()
 
 
 def detect_device(job: JobConfig) -> str:
@@ -390,7 +410,7 @@ def _consume(records, progress, committed, output: Output, summary: RunSummary, 
     """The driver's loop over write records: count rows per input file, commit each file
     as soon as all its rows are written, quarantine a file the reader could not read to its
     end, report progress."""
-    done, last_report, t0 = 0, 0.0, time.time()
+    meter = ProgressLine(total, echo)
     for record in records:
         if summary.seconds_to_first_row is None:
             summary.seconds_to_first_row = round(time.time() - summary.started, 2)
@@ -398,22 +418,17 @@ def _consume(records, progress, committed, output: Output, summary: RunSummary, 
         if file_progress is None:  # a file quarantined earlier in this run: its other parts are dropped
             continue
         if (reason := record["unreadable"]) is not None:
-            done += file_progress.file.rows - file_progress.rows
+            meter.advance(file_progress.file.rows - file_progress.rows)
             committed[record["source"]] = _quarantine(progress.pop(record["source"]), reason, output, echo)
             fault_point("commit.after_file")
-        else:
-            file_progress.parts.append(record["part"])
-            file_progress.rows += record["rows"]
-            file_progress.counts = dict(Counter(file_progress.counts) + Counter(json.loads(record["counts"])))
-            done += record["rows"]
-            if file_progress.complete:
-                committed[record["source"]] = output.commit(progress.pop(record["source"]))
-                fault_point("commit.after_file")
-        now = time.time()
-        if now - last_report > 10 or done == total:
-            rate = done / max(now - t0, 1e-9)
-            echo(f"progress: {done}/{total} rows ({done / max(total, 1):.0%}), {rate:.1f} rows/s")
-            last_report = now
+            continue
+        file_progress.parts.append(record["part"])
+        file_progress.rows += record["rows"]
+        file_progress.counts = dict(Counter(file_progress.counts) + Counter(json.loads(record["counts"])))
+        if file_progress.complete:
+            committed[record["source"]] = output.commit(progress.pop(record["source"]))
+            fault_point("commit.after_file")
+        meter.advance(record["rows"])
 
 
 def _quarantine(file_progress: FileProgress, reason: str, output: Output, echo) -> dict:

@@ -148,3 +148,29 @@ def test_label_mapping_mistake_fails_before_any_engine(fine_tunes, tmp_path):
     # nothing in the output but the `run` attempt's own log (batch/attempt_log.py)
     out = tmp_path / "out"
     assert not out.exists() or [p.name for p in out.iterdir()] == ["_logs"]
+
+
+def test_label_scoring_beside_lora_on_cpu_is_refused_before_any_engine(models, fine_tunes):
+    """vLLM's CPU build fails prompt log-probabilities on an engine with LoRA enabled: the
+    combination is a config error naming the task and the fix, not a run that hangs."""
+    from batch.config import ConfigError
+    from batch.identity import resolve_run
+    from batch.pipeline import engine_groups
+
+    def job(probabilities: bool):
+        return validate_job({
+            "name": "scoring-beside-lora", "input": {"uris": ["in/"]}, "output": {"uri": "out/"},
+            "tasks": {
+                "translation": {"model": str(models["chat"]), "target_languages": ["fr"],
+                                "adapters": {"fr": str(fine_tunes["lora_a"])}},
+                "sentiment": {"model": str(models["chat"]), "probabilities": probabilities},
+            },
+        })  # fmt: skip
+
+    refused = job(probabilities=True)
+    with pytest.raises(ConfigError, match=r"tasks\.sentiment: label probabilities .* set tasks\.sentiment\.probabilities: false"):
+        engine_groups(refused, "cpu", resolve_run(refused))
+    assert len(engine_groups(refused, "cuda", resolve_run(refused))) == 1  # fine on GPUs
+    choice = job(probabilities=False)
+    (group,) = engine_groups(choice, "cpu", resolve_run(choice))
+    assert [name for name, _ in group.tasks] == ["translation", "sentiment"]

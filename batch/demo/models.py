@@ -16,6 +16,7 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
+DEMO_LABELS = ("negative", "neutral", "positive")
 # Head size 64: the CPU attention kernel refuses 16 (see shared/PLATFORM-NOTES.md).
 LLAMA_SHAPE = dict(
     hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
@@ -117,11 +118,14 @@ def build_lora_adapter(base_dir: str | Path, out_dir: str | Path, seed: int = 1,
 
 
 def build_demo_models(root: str | Path) -> dict[str, Path]:
-    """Everything the demo job needs, built once under `root` (skipped when present)."""
+    """Everything the demo needs, built once under `root` (skipped when present): the chat
+    model, and the untrained classifier the demo fine-tunes (the same tokenizer and body
+    shape, a random classification head)."""
     root = Path(root)
-    built = {"chat": root / "tiny-chat"}
+    built = {"chat": root / "tiny-chat", "classifier": root / "tiny-classifier"}
     stamp = root / "BUILT.json"
-    if not stamp.exists():
+    if not stamp.exists() or set(json.loads(stamp.read_text())) != set(built):
         build_causal_lm(built["chat"])
+        build_classifier(built["classifier"], list(DEMO_LABELS))
         stamp.write_text(json.dumps({name: str(path) for name, path in built.items()}))
     return built

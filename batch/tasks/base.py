@@ -169,5 +169,9 @@ class Task:
     def engine_runner(self) -> Literal["generate", "classify"]:
         return self.runner
 
+    def scores_continuations(self) -> bool:
+        """Whether this task sends `Score` requests (prompt log-probabilities)."""
+        return False
+
     def model_column(self) -> str:
         return f"{self.name}_model"

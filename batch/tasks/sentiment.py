@@ -115,6 +115,9 @@ class SentimentTask(Task):
             pa.field("sentiment_long_text", pa.string()),
         ]
 
+    def scores_continuations(self) -> bool:
+        return self.config.mode == "generate" and self.config.probabilities
+
     def check_model_labels(self, id2label: dict[str, str]) -> list[str]:
         unmapped = [label for label in id2label.values() if self.config.label_map.get(label, label) not in self.config.labels]
         if not unmapped:
