@@ -13,7 +13,6 @@ import regex
 from pydantic import ValidationError
 
 from batch import schema
-from batch.cache import row_cache_identity
 from batch.demo.documents import SENTENCES, long_document, long_post
 from batch.tasks.base import Completion, Generate, Plan, RowError, Score, Scores, Skip
 from batch.tasks.sentiment import SentimentConfig, SentimentTask
@@ -209,10 +208,20 @@ def test_locale_targets_columns_prompt_and_instructions():
     assert any(s.startswith("Translate the user's text into French.") and "formal (vous)" in s for s in systems)
 
 
-def test_instructions_change_the_cache_identity():
+def test_instructions_change_the_cache_identity(tmp_path):
+    from batch.config import validate_job
+    from batch.identity import resolve_run
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+
     def identity(**extra):
-        config = TranslationConfig(model="m", target_languages=["pt-BR"], **extra)
-        return row_cache_identity("translation", config.model_dump(mode="json"), {"model": "x"})
+        job = validate_job({
+            "name": "locales", "input": {"uris": ["in/"]}, "output": {"uri": "out/"},
+            "tasks": {"translation": {"model": str(model), "target_languages": ["pt-BR"], **extra}},
+        })  # fmt: skip
+        return resolve_run(job).row_cache("translation")
 
     assert identity() != identity(instructions={"pt-BR": "informal"})
     assert identity(instructions={"pt-BR": "informal"}) != identity(instructions={"pt-BR": "formal"})
