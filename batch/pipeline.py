@@ -36,6 +36,7 @@ from batch.parse import ParseStage
 from batch.prepare import PrepareStage, TextStageSpec
 from batch.summary import RunSummary
 from batch.tasks import TASKS
+from batch.text.privacy import missing_hash_columns
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +151,8 @@ def run(
     # plan
     check_models(job)
     files, bad_inputs = plan_inputs(job.input, job.storage)
+    if missing := missing_hash_columns(job.privacy, {column for file in files for column in file.columns}):
+        raise ConfigError(f"privacy.hash_columns: no column {missing[0]!r} in any input file (a misspelt id column?)")
     output.discard_other_attempts()
     files_by_uri = {file.uri: file for file in files}
     committed = {uri: record for uri, record in output.committed().items() if _still_valid(record, files_by_uri)}
@@ -222,6 +225,7 @@ def _process(
         cache_uri=cache_uri,
         cache_identities=_row_cache_identities(job, groups) if job.cache.enabled else {},
         storage=job.storage,
+        privacy=job.privacy,
     )
     text_stage = dict(
         batch_format="pyarrow",
@@ -344,4 +348,7 @@ def _still_valid(record: dict, files_by_uri: dict[str, InputFile]) -> bool:
 
 def _definition(job: JobConfig) -> dict[str, Any]:
     """What determines the output's content: the resume fingerprint is computed from it."""
-    return {"input": job.input.model_dump(), "tasks": job.tasks.model_dump(), "engine_seed": job.engine.seed}
+    return {
+        "input": job.input.model_dump(), "tasks": job.tasks.model_dump(), "engine_seed": job.engine.seed,
+        "privacy": job.privacy.model_dump(),  # masked or not, redacted or not: a resume never mixes them
+    }  # fmt: skip

@@ -8,6 +8,7 @@ models (with constrained choice and LoRA per request), `classify` for pooling mo
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -88,6 +89,16 @@ def batch_size_for(config: EngineConfig, device: Literal["cpu", "cuda"]) -> int:
     left the engine idle between calls (job/raw 0.77), 1024 reached 0.87. On GPUs it keeps
     requests in flight at 4x vLLM's default max_num_seqs (256)."""
     return config.batch_size or 1024
+
+
+def log_requests(prompts: list[str]) -> None:
+    """Opt-in audit of exactly what reaches the engine: with BATCH_REQUEST_LOG=path set,
+    every rendered prompt (a classifier's text) is appended as a JSON line `{"prompt": ...}`.
+    Each actor appends whole lines, so the actors of a run can share one file."""
+    path = os.environ.get("BATCH_REQUEST_LOG")
+    if path and prompts:
+        with open(path, "a", encoding="utf-8") as log_file:
+            log_file.write("".join(json.dumps({"prompt": prompt}, ensure_ascii=False) + "\n" for prompt in prompts))
 
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM accepts for max_lora_rank
@@ -181,9 +192,11 @@ class Engine:
 
         results: list[Completion | Failure | None] = [None] * len(requests)
         prompts, params, loras, slots = [], [], [], []
+        rendered = [self.render(request) for request in requests]
+        log_requests(rendered)
         for i, request in enumerate(requests):
             # Tokenize once here (to check the length) and hand vLLM the ids, not the text.
-            prompt_ids = self.tokenizer(self.render(request), add_special_tokens=False)["input_ids"]
+            prompt_ids = self.tokenizer(rendered[i], add_special_tokens=False)["input_ids"]
             prompt_tokens = len(prompt_ids)
             room = self.max_model_len - prompt_tokens
             if room < 1:
@@ -227,11 +240,13 @@ class Engine:
         eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
         results: list[Scores | Failure | None] = [None] * len(requests)
         prompts, loras, spans = [], [], []
+        rendered = [self.render(request) for request in requests]
+        log_requests(rendered)
         for i, request in enumerate(requests):
             if request.adapter is not None and request.adapter not in self._lora:
                 results[i] = Failure(f"unknown adapter {request.adapter!r}")
                 continue
-            prompt_ids = self.tokenizer(self.render(request), add_special_tokens=False)["input_ids"]
+            prompt_ids = self.tokenizer(rendered[i], add_special_tokens=False)["input_ids"]
             continuations = [self.tokenizer(c, add_special_tokens=False)["input_ids"] + eos for c in request.continuations]
             longest = len(prompt_ids) + max(len(c) for c in continuations)
             if longest >= self.max_model_len:
@@ -260,6 +275,7 @@ class Engine:
     def classify(self, requests: list[Classify]) -> list[Classification | Failure]:
         results: list[Classification | Failure | None] = [None] * len(requests)
         texts, slots, lengths = [], [], []
+        log_requests([request.text for request in requests])
         for i, request in enumerate(requests):
             n_tokens = len(self.tokenizer(request.text)["input_ids"])
             if n_tokens > self.max_model_len:

@@ -1,0 +1,163 @@
+"""Personal data (batch/text/privacy.py): each detector on real-looking values and their
+near misses, the job file's `privacy:` section, and the whole job through its command line:
+no planted value reaches an engine (its own request log), the published columns when
+redacting, or the caches; hashed ids are stable under one key and differ under another."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from batch.config import ConfigError, validate_job
+from batch.demo.corpus import sample_posts
+from batch.tasks.translation import TranslationConfig, TranslationTask
+from batch.text.privacy import Masker, PrivacyConfig, iban_checksum_ok, keyed_hash, luhn_ok, publish
+from batch.text.spans import PLACEHOLDER_RE, find_spans
+from conftest import cli_ok, run_cli, write_corpus, write_job
+
+MASK_ALL = Masker(PrivacyConfig())
+
+
+def masked_values(text: str, masker: Masker = MASK_ALL) -> list[tuple[str, str]]:
+    """(kind, original) of every value masked in `text`."""
+    return [(kind, text[start:end]) for start, end, kind in masker.find(text)]
+
+
+# --- detectors: real-looking positives ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, kind, value",
+    [
+        ("write to sam.taylor@example.co.uk please", "email", "sam.taylor@example.co.uk"),
+        ("thanks @TelvoHelp!", "handle", "@TelvoHelp"),
+        ("follow @ana@mastodon.example for updates", "handle", "@ana@mastodon.example"),
+        ("Call +44 20 7946 0958 now", "phone", "+44 20 7946 0958"),
+        ("text me at (212) 555-0147.", "phone", "(212) 555-0147"),
+        ("Berlin: +49 30 2345 6789", "phone", "+49 30 2345 6789"),
+        ("折り返しは090-1234-5678まで", "phone", "090-1234-5678"),
+        ("客服电话 +86 138 0013 8000 打不通", "phone", "+86 138 0013 8000"),
+        ("mon numéro est le 06 12 34 56 78.", "phone", "06 12 34 56 78"),
+        ("IBAN ES91 2100 0418 4502 0005 1332.", "iban", "ES91 2100 0418 4502 0005 1332"),
+        ("IBAN: GB82WEST12345698765432", "iban", "GB82WEST12345698765432"),
+        ("card 4111 1111 1111 1111 expired", "card", "4111 1111 1111 1111"),
+        ("card 5500-0000-0000-0004", "card", "5500-0000-0000-0004"),
+        ("router at 192.168.1.24, help", "ip", "192.168.1.24"),
+        ("host 2001:db8::8a2e:370:7334 is down", "ip", "2001:db8::8a2e:370:7334"),
+        ("see https://telvo.example/help?ticket=58213&user=dani.r.", "url", "https://telvo.example/help?ticket=58213&user=dani.r"),
+    ],
+)  # fmt: skip
+def test_each_detector_finds_real_looking_values(text, kind, value):
+    assert masked_values(text) == [(kind, value)]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "IBAN ES91 2100 0418 4502 0005 1333 (one digit off: bad checksum)",
+        "IBAN DE89 3704 0044 0532 0130 01",  # bad checksum; its digits are not a card either
+        "card 4111 1111 1111 1112 fails Luhn",
+        "after the 9.0.2 update, version 2.4.1.0, v1.2.3.4, build 10.0.1.5",  # versions, not IPs
+        "999.1.1.1 is not an address",
+        "on 2026-11-14 at 20:45, or 14/11/2026, or 16h45",  # dates and times, not phones
+        "order nº 88213, order #BR-20931, 12345678 pieces, $1,099, 1,299.00 €",
+        "the page https://pixelo.example/9 and www.brewly.example/menu",  # links without a query
+        "ratio 10:30:00 and a lone :: here",
+    ],
+)
+def test_near_misses_are_not_masked(text):
+    assert masked_values(text) == []
+
+
+def test_checksums():
+    assert iban_checksum_ok("GB82WEST12345698765432") and not iban_checksum_ok("GB82WEST12345698765433")
+    assert luhn_ok("4111111111111111") and not luhn_ok("4111111111111112")
+
+
+def test_placeholders_are_typed_numbered_per_kind_and_stable_within_a_text():
+    text = "Mail jane@example.com or @jane, jane@example.com again, call +44 20 7946 0958 or bob@example.org"
+    masked = MASK_ALL.mask(text)
+    assert masked.text == "Mail [EMAIL_1] or [HANDLE_1], [EMAIL_1] again, call [PHONE_1] or [EMAIL_2]"
+    assert masked.restore(masked.text) == text
+    # a placeholder the text already shows literally is never reused, so restoring leaves it alone
+    literal = MASK_ALL.mask("[EMAIL_1] means jane@example.com")
+    assert literal.text == "[EMAIL_1] means [EMAIL_2]"
+    assert literal.restore(literal.text) == "[EMAIL_1] means jane@example.com"
+
+
+def test_only_the_kinds_asked_for_and_named_custom_regexes_first():
+    masker = Masker(PrivacyConfig(mask=["email"], custom={"ticket": r"\bTK-\d{5}\b"}))
+    masked = masker.mask("ticket TK-58213 from jane@example.com, call +44 20 7946 0958")
+    assert masked.text == "ticket [TICKET_1] from [EMAIL_1], call +44 20 7946 0958"
+    assert Masker(PrivacyConfig(mask=[])).mask("jane@example.com").values == ()
+
+
+def test_publish_restores_originals_in_string_columns_unless_redacting():
+    masked = MASK_ALL.mask("call +44 20 7946 0958")
+    values = {"translation_fr": "appelez [PHONE_1]", "sentiment": "neutral", "translation_fr_flags": []}
+    assert publish(values, masked, redact=False)["translation_fr"] == "appelez +44 20 7946 0958"
+    assert publish(values, masked, redact=True) == values
+
+
+def test_keyed_hash_is_stable_per_key_and_differs_across_keys():
+    one, other = b"k" * 32, b"q" * 32
+    assert keyed_hash(one, "u-1001") == keyed_hash(one, "u-1001") != keyed_hash(other, "u-1001")
+    assert keyed_hash(one, 1001) == keyed_hash(one, "1001") and keyed_hash(one, None) is None
+
+
+def test_translation_protects_the_placeholders_so_they_come_back_unchanged():
+    text = MASK_ALL.mask("Merci @TelvoHelp, mon numéro est le 06 12 34 56 78.").text
+    assert [text[s:e] for s, e, kind in find_spans(text) if kind == "masked"] == ["[HANDLE_1]", "[PHONE_1]"]
+
+
+# --- the job file --------------------------------------------------------------------------
+
+
+def job(privacy: dict | None = None, **input_fields) -> dict:
+    definition = {
+        "name": "p",
+        "input": {"uris": ["in/"], **input_fields},
+        "output": {"uri": "out/"},
+        "tasks": {"sentiment": {"model": "m"}},
+    }
+    if privacy is not None:
+        definition["privacy"] = privacy
+    return definition
+
+
+def test_a_job_that_says_nothing_masks_every_kind_and_does_not_redact():
+    privacy = validate_job(job()).privacy
+    assert privacy.mask == ["url", "handle", "email", "iban", "card", "ip", "phone"]
+    assert not privacy.redact and privacy.hash_columns == []
+
+
+@pytest.mark.parametrize(
+    "privacy, message",
+    [
+        ({"mask": ["emails"]}, "privacy.mask.0"),
+        ({"custom": {"Ticket": "x"}}, "privacy.custom"),
+        ({"custom": {"ticket": "(unclosed"}}, "ticket: not a valid regex"),
+        ({"phone_regions": ["UK"]}, "privacy.phone_regions"),
+        ({"hash_columns": ["text"]}, "the text column is masked, not hashed"),
+        ({"hash_key_env": "s3cr3t-value!"}, "hash_key_env"),
+        ({"redcat": True}, "privacy.redcat: unknown key; allowed here: mask, custom"),
+        ({"hash_columns": ["user_id"], "hash_key_env": "PRIVACY_TEST_UNSET_KEY"}, "set $PRIVACY_TEST_UNSET_KEY"),
+    ],
+)
+def test_privacy_mistakes_name_the_field(privacy, message, monkeypatch):
+    monkeypatch.delenv("PRIVACY_TEST_UNSET_KEY", raising=False)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_job(job(privacy))
+
+
+def test_a_short_hash_key_is_refused_before_start(monkeypatch):
+    monkeypatch.setenv("PRIVACY_TEST_KEY", "short")
+    with pytest.raises(ConfigError, match="shorter than 16"):
+        validate_job(job({"hash_columns": ["user_id"], "hash_key_env": "PRIVACY_TEST_KEY"}))
+    with pytest.raises(ConfigError, match="'user_id' is not among input.columns"):
+        monkeypatch.setenv("PRIVACY_TEST_KEY", "x" * 32)
+        validate_job(job({"hash_columns": ["user_id"], "hash_key_env": "PRIVACY_TEST_KEY"}, columns=["lang"]))
