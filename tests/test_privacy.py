@@ -161,3 +161,154 @@ def test_a_short_hash_key_is_refused_before_start(monkeypatch):
     with pytest.raises(ConfigError, match="'user_id' is not among input.columns"):
         monkeypatch.setenv("PRIVACY_TEST_KEY", "x" * 32)
         validate_job(job({"hash_columns": ["user_id"], "hash_key_env": "PRIVACY_TEST_KEY"}, columns=["lang"]))
+
+
+# --- the whole job through its command line ------------------------------------------------
+
+# Every personal value planted in the posts the job reads (batch/data/sample_posts.jsonl).
+PLANTED = {
+    "p0321": ["@SkyNord", "+44 20 7946 0958", "sam.taylor@example.co.uk"],
+    "p0322": ["(212) 555-0147", "@swiftbox_help"],
+    "p0323": ["jobs.berlin@brewly.example", "+49 30 2345 6789"],
+    "p0324": ["090-1234-5678"],
+    "p0325": ["+86 138 0013 8000"],
+    "p0326": ["@TelvoHelp", "06 12 34 56 78"],
+    "p0327": ["ES91 2100 0418 4502 0005 1332", "lucia.m@example.es"],
+    "p0328": ["4111 1111 1111 1111", "192.168.1.24", "https://telvo.example/help?ticket=58213&user=dani.r"],
+    "p0083": ["noreply@skynord.example"],
+    "p0163": ["@Brewly", "help@brewly.example"],
+}
+PLAIN = ["p0001", "p0003", "p0004", "p0021", "p0132", "p0320"]  # nothing personal in them
+KEY, OTHER_KEY = "k3y-for-tests-0123456789abcdef", "another-key-0123456789abcdef"
+
+
+def squashed(text: str) -> str:
+    """Without the separators people vary (`+44 20 7946 0958` vs `+442079460958`)."""
+    return re.sub(r"[\s().-]", "", text)
+
+
+def leaked(text: str) -> list[str]:
+    values = [value for values in PLANTED.values() for value in values]
+    return [value for value in values if value in text or squashed(value) in squashed(text)]
+
+
+def expected_request_text(post: dict) -> str:
+    """What a translation request of the post must show besides placeholders: the source
+    with its personal values and its protected spans (emoji, links, hashtags) taken out,
+    and nothing else changed."""
+    text = post["text"]
+    for value in PLANTED.get(post["post_id"], ()):
+        text = text.replace(value, " ")
+    for start, end, _ in reversed(find_spans(text)):
+        text = text[:start] + " " + text[end:]
+    return " ".join(text.split())
+
+
+def user_text(prompt: str) -> str:
+    """The user message of a prompt rendered by the tiny chat model's template, placeholders removed."""
+    content = re.search(r"<\|user\|>\n(.*?)</s>", prompt, re.S).group(1)
+    return " ".join(PLACEHOLDER_RE.sub(" ", content).split())
+
+
+def cached_text(cache: Path) -> str:
+    """Everything the result caches hold, as text."""
+    tables = [pq.read_table(path) for path in sorted(cache.rglob("*.parquet"))]
+    assert tables, f"no cache files under {cache}"
+    return json.dumps([table.to_pylist() for table in tables], default=repr, ensure_ascii=False)
+
+
+def run_job(tmp_path: Path, name: str, model: str, redact: bool, key: str) -> tuple[list[dict], list[str], str]:
+    """One run of the job: (output rows by post, prompts the engine got, stdout + published JSON)."""
+    definition = {
+        "name": f"privacy-{name}",
+        "input": {"uris": [str(tmp_path / "in")], "id_column": "post_id", "text_column": "text"},
+        "output": {"uri": str(tmp_path / name)},
+        "cache": {"uri": str(tmp_path / "cache")},  # shared by the runs
+        "engine": {"batch_size": 16, "max_model_len": 1024},
+        "tasks": {
+            "sentiment": {"model": model},
+            "translation": {"model": model, "target_languages": ["fr"], "max_output_tokens": 12},
+        },
+        "privacy": {"redact": redact, "hash_columns": ["user_id"], "hash_key_env": "PRIVACY_TEST_HASH_KEY"},
+    }
+    job_file = write_job(tmp_path / f"{name}.yaml", definition)
+    request_log = tmp_path / f"{name}-requests.jsonl"
+    env = {"PRIVACY_TEST_HASH_KEY": key, "BATCH_REQUEST_LOG": str(request_log)}
+    out = cli_ok(run_cli("run", str(job_file), env=env))
+    rows = sorted(pq.read_table(tmp_path / name).to_pylist(), key=lambda row: row["post_id"])
+    prompts = [json.loads(line)["prompt"] for line in request_log.read_text().splitlines()] if request_log.exists() else []
+    published = out + "".join(path.read_text() for path in (tmp_path / name).glob("_*.json"))
+    return rows, prompts, published
+
+
+@pytest.fixture(scope="module")
+def planted_rows(tmp_path_factory) -> tuple[Path, list[dict]]:
+    # Only the text column is masked: `reference_en` (the English reference, with the same
+    # planted values) is left out, as a job would leave it out with input.columns.
+    posts = {post["post_id"]: post for post in sample_posts()}
+    rows = [
+        {"post_id": post_id, "user_id": f"user-{i:04d}", **{k: posts[post_id][k] for k in ("lang", "text", "gold_sentiment")}}
+        for i, post_id in enumerate([*PLANTED, *PLAIN])
+    ]
+    root = tmp_path_factory.mktemp("privacy")
+    write_corpus(None, str(root / "in"), rows, files=2)
+    return root, rows
+
+
+def test_no_planted_personal_datum_reaches_an_engine_the_redacted_output_or_the_caches(planted_rows, models):
+    root, rows = planted_rows
+    by_id = {row["post_id"]: row for row in rows}
+    model = str(models["chat"])
+
+    out, prompts, published = run_job(root, "redacted", model, redact=True, key=KEY)
+
+    # the engine's own log: every prompt of both tasks, none with a planted value
+    assert len(prompts) >= len(rows) and not [p for p in prompts if leaked(p)]
+    # masking changes nothing else: each translation request shows the source's text minus
+    # its personal values and protected spans (the echo check)
+    requested = {user_text(p) for p in prompts if "Translate the user's text into French" in p}
+    for post in rows:
+        if post["lang"] != "fr":
+            assert expected_request_text(post) in requested, post["post_id"]
+
+    # published: placeholders in the text and translation columns, hashed user ids
+    assert len(out) == len(rows) and all(row["error"] is None for row in out)
+    assert not leaked(json.dumps(out, ensure_ascii=False)) and not leaked(published)
+    p0321 = next(row for row in out if row["post_id"] == "p0321")
+    assert p0321["text"] == (
+        "Still no refund from [HANDLE_1] after 3 weeks. Call me back on [PHONE_1] or write to [EMAIL_1], "
+        "I've given up on the chat."
+    )
+    assert [row["user_id"] for row in out] == [keyed_hash(KEY.encode(), by_id[row["post_id"]]["user_id"]) for row in out]
+    assert KEY not in published and not any(KEY in path.read_text() for path in root.glob("*.yaml"))
+
+    # the caches (answers and finished rows) hold nothing personal
+    assert not leaked(cached_text(root / "cache"))
+
+    # Not redacting: same cache, so every row's columns come from it (no engine request),
+    # with the originals put back; same key, same hashes.
+    out_plain, prompts_plain, _ = run_job(root, "plain", model, redact=False, key=KEY)
+    assert prompts_plain == []
+    assert [row["text"] for row in out_plain] == [by_id[row["post_id"]]["text"] for row in out_plain]
+    assert [row["user_id"] for row in out_plain] == [row["user_id"] for row in out]
+    p0326 = next(row for row in out_plain if row["post_id"] == "p0326")  # French: copied to the French column
+    assert p0326["translation_fr_flags"] == ["same_language"] and p0326["translation_fr"] == by_id["p0326"]["text"]
+    assert not leaked(cached_text(root / "cache"))
+
+    # another key, other hashes (and none equal to the raw ids)
+    out_other, _, _ = run_job(root, "other-key", model, redact=False, key=OTHER_KEY)
+    assert all(a["user_id"] != b["user_id"] for a, b in zip(out_other, out))
+    assert not {row["user_id"] for row in out_other} & {row["user_id"] for row in rows}
+
+
+def test_hashing_without_its_key_stops_before_start(planted_rows, tmp_path, monkeypatch):
+    root, _ = planted_rows
+    monkeypatch.delenv("PRIVACY_TEST_HASH_KEY", raising=False)
+    definition = {
+        "name": "no-key", "input": {"uris": [str(root / "in")], "id_column": "post_id"}, "output": {"uri": str(tmp_path / "o")},
+        "tasks": {"sentiment": {"model": "unused"}},
+        "privacy": {"hash_columns": ["user_id"], "hash_key_env": "PRIVACY_TEST_HASH_KEY"},
+    }  # fmt: skip
+    result = run_cli("run", str(write_job(tmp_path / "job.yaml", definition)))
+    assert result.returncode == 1 and "set $PRIVACY_TEST_HASH_KEY" in result.stderr
+    assert not (tmp_path / "o").exists()
