@@ -133,7 +133,7 @@ class JobConfig(Strict):
             raise ValueError("privacy.hash_columns: the text column is masked, not hashed; list id columns only")
         carried = None if self.input.columns is None else {self.input.id_column, *self.input.columns}
         if carried is not None and (dropped := [c for c in self.privacy.hash_columns if c not in carried]):
-            raise ValueError(f"privacy.hash_columns: {dropped[0]!r} is not among input.columns, so it is not published at all")
+            raise ValueError(f"privacy.hash_columns: {dropped[0]!r} is not among input.columns: it is not published")
         return self
 
     def enabled_tasks(self) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Personal data (batch/text/privacy.py): each detector on real-looking values and their
 near misses, the job file's `privacy:` section, and the whole job through its command line:
 no planted value reaches an engine (its own request log), the published columns when
-redacting, or the caches; hashed ids are stable under one key and differ under another."""
+redacting, or the caches; hashed ids are stable across runs under one key, and the prepare
+stage hashes them differently under another."""
 
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ import json
 import re
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from batch.config import ConfigError, validate_job
 from batch.demo.corpus import sample_posts
-from batch.tasks.translation import TranslationConfig, TranslationTask
-from batch.text.privacy import Masker, PrivacyConfig, iban_checksum_ok, keyed_hash, luhn_ok, publish
+from batch.prepare import PrepareStage, TextStageSpec
+from batch.tasks.sentiment import SentimentConfig
+from batch.text.privacy import Masker, PrivacyConfig, PrivacyError, iban_checksum_ok, keyed_hash, luhn_ok, publish
 from batch.text.spans import PLACEHOLDER_RE, find_spans
 from conftest import cli_ok, run_cli, write_corpus, write_job
 
@@ -156,7 +159,7 @@ def test_privacy_mistakes_name_the_field(privacy, message, monkeypatch):
 
 def test_a_short_hash_key_is_refused_before_start(monkeypatch):
     monkeypatch.setenv("PRIVACY_TEST_KEY", "short")
-    with pytest.raises(ConfigError, match="shorter than 16"):
+    with pytest.raises(ConfigError, match="under 16 characters"):
         validate_job(job({"hash_columns": ["user_id"], "hash_key_env": "PRIVACY_TEST_KEY"}))
     with pytest.raises(ConfigError, match="'user_id' is not among input.columns"):
         monkeypatch.setenv("PRIVACY_TEST_KEY", "x" * 32)
@@ -295,10 +298,25 @@ def test_no_planted_personal_datum_reaches_an_engine_the_redacted_output_or_the_
     assert p0326["translation_fr_flags"] == ["same_language"] and p0326["translation_fr"] == by_id["p0326"]["text"]
     assert not leaked(cached_text(root / "cache"))
 
-    # another key, other hashes (and none equal to the raw ids)
-    out_other, _, _ = run_job(root, "other-key", model, redact=False, key=OTHER_KEY)
-    assert all(a["user_id"] != b["user_id"] for a, b in zip(out_other, out))
-    assert not {row["user_id"] for row in out_other} & {row["user_id"] for row in rows}
+
+def hashed_by_the_prepare_stage(table: pa.Table, key: str, monkeypatch) -> list[str]:
+    """The prepare stage (the one place ids are hashed) on one batch, in this process: it
+    reads the key from its own environment, as its actors do."""
+    monkeypatch.setenv("PRIVACY_TEST_HASH_KEY", key)
+    privacy = PrivacyConfig(hash_columns=["user_id"], hash_key_env="PRIVACY_TEST_HASH_KEY")
+    spec = TextStageSpec(tasks=(("sentiment", SentimentConfig(model="unused")),), text_column="text", privacy=privacy)
+    return PrepareStage(spec)(table).column("user_id").to_pylist()
+
+
+def test_another_key_gives_other_hashes_and_a_missing_column_stops_the_stage(monkeypatch):
+    table = pa.table({"user_id": ["user-0001", "user-0002", None], "text": ["a", "b", "c"]})
+    one, again = (hashed_by_the_prepare_stage(table, KEY, monkeypatch) for _ in range(2))
+    other = hashed_by_the_prepare_stage(table, OTHER_KEY, monkeypatch)
+    assert one == again == [keyed_hash(KEY.encode(), "user-0001"), keyed_hash(KEY.encode(), "user-0002"), None]
+    assert other[:2] != one[:2] and other[2] is None
+    assert not set(one + other) & {"user-0001", "user-0002"}
+    with pytest.raises(PrivacyError, match="no column 'user_id'"):
+        hashed_by_the_prepare_stage(table.drop_columns(["user_id"]), KEY, monkeypatch)
 
 
 def test_hashing_without_its_key_stops_before_start(planted_rows, tmp_path, monkeypatch):

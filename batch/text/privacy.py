@@ -49,7 +49,7 @@ import phonenumbers
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from batch.text.spans import MASKED_RE, pattern, url_end
+from batch.text.spans import MASKED_RE, detector, url_end
 
 Kind = Literal["url", "handle", "email", "iban", "card", "ip", "phone"]
 KINDS: tuple[str, ...] = Kind.__args__  # priority order after the custom regexes
@@ -65,12 +65,15 @@ class PrivacyConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    mask: list[Kind] = Field(default=list(KINDS), description="kinds of personal data masked in every prompt; [] for none")
+    mask: list[Kind] = Field(
+        default=list(KINDS), description="kinds of personal data masked in every prompt; [] for none"
+    )
     custom: dict[str, str] = Field(
         default_factory=dict, description="more kinds: name -> regex; placeholder [NAME_1]"
     )
     phone_regions: list[str] = Field(
-        default=list(DEFAULT_PHONE_REGIONS), description="countries (ISO 3166 alpha-2) whose national phone formats are found"
+        default=list(DEFAULT_PHONE_REGIONS),
+        description="countries (ISO 3166 alpha-2) whose national phone formats are found",
     )
     redact: bool = Field(default=False, description="publish placeholders in the text and translation columns too")
     hash_columns: list[str] = Field(default_factory=list, description="columns (user ids) replaced by a keyed hash")
@@ -94,7 +97,7 @@ class PrivacyConfig(BaseModel):
     @classmethod
     def _regions(cls, regions: list[str]) -> list[str]:
         if unknown := [region for region in regions if region not in phonenumbers.SUPPORTED_REGIONS]:
-            raise ValueError(f"{unknown} are not regions libphonenumber knows (ISO 3166 alpha-2, upper case, e.g. GB)")
+            raise ValueError(f"{unknown}: not regions libphonenumber knows (ISO 3166 alpha-2 in capitals, e.g. GB)")
         return regions
 
     @model_validator(mode="after")
@@ -113,7 +116,7 @@ class PrivacyConfig(BaseModel):
         if not key:
             return f"privacy.hash_key_env: set ${self.hash_key_env} to a secret key (e.g. `openssl rand -hex 32`)"
         if len(key) < MIN_KEY_CHARS:
-            return f"privacy.hash_key_env: ${self.hash_key_env} is shorter than {MIN_KEY_CHARS} characters; use a random key"
+            return f"privacy.hash_key_env: ${self.hash_key_env} is under {MIN_KEY_CHARS} characters; use a random key"
         return None
 
 
@@ -142,7 +145,7 @@ class Masker:
 
     def __init__(self, config: PrivacyConfig):
         builtin: dict[str, Callable[[str], Found]] = {
-            "url": _urls_with_query, "handle": _matches(pattern("mention")), "email": _matches(pattern("email")),
+            "url": _urls_with_query, "handle": _matches(detector("mention")), "email": _matches(detector("email")),
             "iban": _ibans, "card": _cards, "ip": _ips, "phone": _phones(tuple(config.phone_regions)),
         }  # fmt: skip
         self.detectors = [(name, _matches(re.compile(regex))) for name, regex in config.custom.items()]
@@ -208,7 +211,7 @@ def _matches(regex: re.Pattern[str]) -> Callable[[str], Found]:
 
 
 def _urls_with_query(text: str) -> Found:
-    for match in pattern("url").finditer(text):
+    for match in detector("url").finditer(text):
         start, end = match.start(), url_end(text, *match.span())
         if re.search(r"\?[^#\s]", text[start:end]):
             yield start, end
@@ -276,7 +279,9 @@ def luhn_ok(digits: str) -> bool:
 
 
 _IPV4_CANDIDATE = re.compile(r"(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?![\w]|\.\d)")
-_IPV6_CANDIDATE = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?(?![\w:])")
+_IPV6_CANDIDATE = re.compile(
+    r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?(?![\w:])"
+)
 _VERSION_BEFORE = re.compile(r"(?i)\b(?:v|ver|version|versión|build|release|firmware|update|os)\.?\s*$")
 
 
@@ -330,7 +335,8 @@ def hash_columns(batch: pa.Table, columns: list[str], key: bytes) -> pa.Table:
     for name in columns:
         index = batch.schema.get_field_index(name)
         if index < 0:
-            raise PrivacyError(f"privacy.hash_columns: no column {name!r} in the input (columns: {', '.join(batch.column_names)})")
+            columns_here = ", ".join(batch.column_names)
+            raise PrivacyError(f"privacy.hash_columns: no column {name!r} in the input (its columns: {columns_here})")
         hashed = pa.array([keyed_hash(key, value) for value in batch.column(index).to_pylist()], pa.string())
         batch = batch.set_column(index, pa.field(name, pa.string()), hashed)
     return batch

@@ -86,8 +86,7 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str] | None], ...] = (
 )
 
 
-
-def pattern(kind: str) -> re.Pattern[str]:
+def detector(kind: str) -> re.Pattern[str]:
     """The detector of one kind of span; batch/text/privacy.py masks e-mails, URLs and
     handles with these same ones, so each kind is detected in one place."""
     found = dict(_PATTERNS)[kind]
