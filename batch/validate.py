@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from batch.config import JobConfig
 from batch.io.read import output_schema, plan_inputs
 from batch.io.storage import Location
+from batch.text.privacy import missing_hash_columns
 
 DUPLICATE_EXAMPLES = 5
 
@@ -37,6 +38,8 @@ def validate_job_inputs(job: JobConfig) -> tuple[list[str], list[str]]:
         if job.input.columns:
             if absent := [c for c in job.input.columns if c not in file.columns]:
                 problems.append(f"{file.uri}: input.columns names columns it lacks: {', '.join(absent)}")
+    if missing := missing_hash_columns(job.privacy, {column for file in files for column in file.columns}):
+        problems.append(f"privacy.hash_columns: no column {missing[0]!r} in any input file")
     type_problems, type_notes = _text_types(job, files)
     problems += type_problems
     problems += _writable(job)
