@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from batch.tasks import TASKS
+from batch.text.privacy import PrivacyConfig
 
 
 class ConfigError(Exception):
@@ -123,6 +124,7 @@ class JobConfig(Strict):
     engine: EngineConfig = EngineConfig()
     cache: CacheConfig = CacheConfig()
     tasks: TasksConfig  # type: ignore[valid-type]
+    privacy: PrivacyConfig = PrivacyConfig()  # personal data: batch/text/privacy.py
     max_row_error_rate: float = Field(
         default=0.05, ge=0, le=1, description="above this share of failed rows the run fails instead of publishing"
     )
@@ -131,6 +133,15 @@ class JobConfig(Strict):
     def _at_least_one_task(self) -> "JobConfig":
         if not self.enabled_tasks():
             raise ValueError(f"tasks: name at least one task; known tasks: {', '.join(TASKS)}")
+        return self
+
+    @model_validator(mode="after")
+    def _text_is_masked_not_hashed(self) -> "JobConfig":
+        if self.input.text_column in self.privacy.hash_columns:
+            raise ValueError("privacy.hash_columns: the text column is masked, not hashed; list id columns only")
+        carried = None if self.input.columns is None else {self.input.id_column, *self.input.columns}
+        if carried is not None and (dropped := [c for c in self.privacy.hash_columns if c not in carried]):
+            raise ValueError(f"privacy.hash_columns: {dropped[0]!r} is not among input.columns: it is not published")
         return self
 
     def enabled_tasks(self) -> dict[str, Any]:
@@ -177,6 +188,8 @@ def validate_job(raw: dict[str, Any], *, source: str = "job", run_date: dt.date 
     cache_uri = job.cache.uri or default_cache_uri(job.output.uri)
     if "{" in cache_uri:
         raise ConfigError(f"{source}: cache.uri: no placeholders here; the cache is shared by every run date")
+    if problem := job.privacy.key_problem():  # hashing without its key must not start at all
+        raise ConfigError(f"{source}: {problem}")
     return job.model_copy(
         update={
             "input": job.input.model_copy(update={"uris": input_uris}),

@@ -8,7 +8,9 @@
   ids, a full-content sha256 of a local folder, a hub revision);
 - the engine settings that change outputs (`OUTPUT_SETTINGS`);
 - the versions of this package, vLLM and the language-ID library;
-- the input (for the resume fingerprint only: the caches are keyed by text).
+- the input and the privacy settings (for the resume fingerprint only: masked or not,
+  redacted or not, a resume never mixes the two; the caches are keyed by the masked text,
+  so their identities need no privacy setting, and the hash key itself is never in it).
 
 Not in it, because they change how fast rows come, not what they say: replicas, batch
 sizes, tensor parallel size, memory and KV-cache settings, the output and cache URIs.
@@ -90,7 +92,7 @@ class RunIdentity:
     def changes_since(self, before: dict[str, Any]) -> list[str]:
         """What differs from an earlier attempt's description, in the job file's terms."""
         now = self.description
-        changes = ["input"] if before.get("input") != now["input"] else []
+        changes = [part for part in ("input", "privacy") if before.get(part) != now[part]]
         old_tasks = before.get("tasks", {})
         for name in sorted(set(now["tasks"]) | set(old_tasks)):
             if name not in old_tasks or name not in now["tasks"]:
@@ -123,6 +125,7 @@ def resolve_run(job: JobConfig, device: str | None = None) -> RunIdentity:
                 weights[uri] = _identify(f"tasks.{name}.{role}", uri, job.storage)
     description = {
         "input": job.input.model_dump(mode="json"),
+        "privacy": job.privacy.model_dump(mode="json"),
         "tasks": tasks,
         "weights": {uri: {"content": w.content, "basis": w.basis} for uri, w in weights.items()},
         "engine_config": _configured(job),

@@ -4,6 +4,11 @@ columns (fan-in), or records why it could not (`error`) or why there was nothing
 (translation guardrails detect the language of every answer) overlaps with generation.
 Finished columns go to the row cache (batch/cache.py) for the next run.
 
+Tasks parse the masked text (batch/text/privacy.py), and what they return is what the row
+cache keeps, placeholders included, keyed by the masked text: the cache never holds
+personal data. Only then, per row, are the originals put back into the published columns,
+or, with `privacy.redact`, left out of them and out of the text column too.
+
 The same actor then hands the finished batch to the write stage's function
 (batch/io/write.py) and returns only its small part records: annotated rows go straight to
 storage instead of through the object store again, and no write task has to wait for a
@@ -22,6 +27,7 @@ import pyarrow as pa
 from batch import schema
 from batch.prepare import RECENT_MAX_CHARS, RECENT_TEXTS, TextStageSpec, describe
 from batch.tasks.base import Cached, RowError, Skip
+from batch.text import privacy
 
 
 class ParseStage:
@@ -42,7 +48,9 @@ class ParseStage:
     def __call__(self, batch: pa.Table) -> pa.Table:
         started = time.perf_counter()
         n_rows = batch.num_rows
-        texts = batch.column(self.spec.text_column).to_pylist()
+        masks = [pickle.loads(blob) if blob else None for blob in batch.column(schema.MASKED).to_pylist()]
+        originals = batch.column(self.spec.text_column).to_pylist()
+        texts = [masked.text if masked else text for text, masked in zip(originals, masks)]  # what tasks prepared
         plans = [pickle.loads(blob) for blob in batch.column(schema.PLANS).to_pylist()]
         errors: list[list[str]] = [[] for _ in range(n_rows)]
         skips: list[list[str]] = [[] for _ in range(n_rows)]
@@ -74,7 +82,7 @@ class ParseStage:
                         self.recent[(task.name, text)] = values
                     if cache is not None:
                         cache.add(text, values)
-                for name, value in values.items():
+                for name, value in privacy.publish(values, masks[row], self.spec.privacy.redact).items():
                     columns[name][row] = value
             for field in task.columns():
                 batch = schema.set_column(batch, field, columns[field.name])
@@ -86,7 +94,11 @@ class ParseStage:
             self.recent.popitem(last=False)
         for cache in self.caches.values():
             cache.flush()  # before the batch is written: a committed row's columns are cached
-        batch = batch.drop_columns([schema.PLANS, *(schema.results_column(task.name) for task in self.tasks)])
+        if self.spec.privacy.redact:
+            batch = schema.set_column(batch, pa.field(self.spec.text_column, pa.string()), texts)
+        batch = batch.drop_columns(
+            [schema.PLANS, schema.MASKED, *(schema.results_column(task.name) for task in self.tasks)]
+        )
         batch = schema.merge_outcomes(batch, errors, skips)
         batch = schema.add_usage(batch, {schema.CACHED_ROWS: cached_rows})
         return self.write(schema.charge_busy_time(batch, schema.PARSE_MS, started))

@@ -42,6 +42,7 @@ from batch.prepare import PrepareStage, TextStageSpec
 from batch.progress import ProgressLine, quiet_ray_data, quiet_workers_env
 from batch.summary import RunSummary
 from batch.tasks import TASKS
+from batch.text.privacy import missing_hash_columns
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +240,8 @@ def _plan_process_publish(
     # plan
     check_models(job)
     files, bad_inputs = plan_inputs(job.input, job.storage)
+    if missing := missing_hash_columns(job.privacy, {column for file in files for column in file.columns}):
+        raise ConfigError(f"privacy.hash_columns: no column {missing[0]!r} in any input file (a misspelt id column?)")
     _record_identity(output, identity, echo)
     output.discard_other_attempts()
     files_by_uri = {file.uri: file for file in files}
@@ -330,6 +333,7 @@ def _process(
         # prompts are budgeted in each model's tokens against the context its engine gets
         max_model_lens={name: group.spec.max_model_len for group in groups for name, _ in group.tasks},
         weights={w.uri: w for group in groups for w in group.spec.weights},
+        privacy=job.privacy,
     )
     text_stage = dict(
         batch_format="pyarrow",

@@ -2,6 +2,11 @@
 Skip, a RowError, or its finished columns from the result cache (Cached), before any
 engine sees the batch.
 
+Personal data is masked here, before any task prepares the row (batch/text/privacy.py):
+tasks see only the masked text, so no prompt carries it, and the row cache is keyed by it.
+Id columns listed in `privacy.hash_columns` are replaced by their keyed hashes here too,
+before anything downstream holds the row.
+
 It runs in actors of its own (Ray Data `map_batches` with a class), not in the engine's:
 preparing is CPU work (language identification, masking, segmentation; ~4 ms a row for
 translation, and lingua holds the GIL), so in its own process it overlaps with the engine
@@ -25,6 +30,7 @@ from batch.infer import models
 from batch.io.storage import Location
 from batch.tasks import TASKS
 from batch.tasks.base import Cached, Plan, RowError, Skip, Task, TaskConfig
+from batch.text import privacy
 from batch.text.tokens import TokenCounter, load_counter
 
 RECENT_TEXTS = 50_000  # per actor: a text repeated across batches (reposts) is prepared once
@@ -48,6 +54,7 @@ class TextStageSpec:
     # model URI -> its weights as the run's identity resolved them (batch/identity.py): the
     # tokenizer comes from exactly the weights the engine serves
     weights: dict[str, models.Weights] = field(default_factory=dict, hash=False)
+    privacy: privacy.PrivacyConfig = privacy.PrivacyConfig()
 
     def build_tasks(self, warm_up: bool) -> list[Task]:
         tasks: list[Task] = [TASKS[name](config) for name, config in self.tasks]
@@ -86,26 +93,41 @@ class PrepareStage:
         self.caches = spec.row_caches(self.tasks)
         for cache in self.caches.values():
             cache.load()
-        self.recent: OrderedDict[str, bytes] = OrderedDict()  # text -> its pickled plans
+        self.masker = privacy.Masker(spec.privacy)
+        # read in this process: the key never travels with the job (None: nothing to hash)
+        self.hash_key = privacy.hash_key(spec.privacy) if spec.privacy.hash_columns else None
+        # text -> (its pickled MaskedText or None, its pickled plans)
+        self.recent: OrderedDict[str, tuple[bytes | None, bytes]] = OrderedDict()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         started = time.perf_counter()
+        if self.hash_key is not None:
+            batch = privacy.hash_columns(batch, self.spec.privacy.hash_columns, self.hash_key)
         texts, text_errors = schema.text_values(batch, self.spec.text_column)
-        blobs = []
+        masks, blobs = [], []
         for text, error in zip(texts, text_errors):
             if error is not None or text is None:
-                blobs.append(self._plans(text, error))
-            elif (blob := self.recent.get(text)) is not None:
+                prepared = None, self._plans(text, error)
+            elif (prepared := self.recent.get(text)) is not None:
                 self.recent.move_to_end(text)
-                blobs.append(blob)
             else:
-                blobs.append(blob := self._plans(text, None))
+                prepared = self._prepare(text)
                 if len(text) <= RECENT_MAX_CHARS:
-                    self.recent[text] = blob
+                    self.recent[text] = prepared
+            masks.append(prepared[0])
+            blobs.append(prepared[1])
         while len(self.recent) > RECENT_TEXTS:
             self.recent.popitem(last=False)
+        batch = schema.set_column(batch, pa.field(schema.MASKED, pa.binary()), masks)
         batch = schema.set_column(batch, pa.field(schema.PLANS, pa.binary()), blobs)
         return schema.charge_busy_time(batch, schema.PREPARE_MS, started)
+
+    def _prepare(self, text: str) -> tuple[bytes | None, bytes]:
+        """Mask first, then every task prepares the masked text (and the row cache is
+        looked up by it): the one place no task can skip."""
+        masked = self.masker.mask(text)
+        blob = pickle.dumps(masked, protocol=pickle.HIGHEST_PROTOCOL) if masked.values else None
+        return blob, self._plans(masked.text, None)
 
     def _plans(self, text: str | None, error: str | None) -> bytes:
         plans = {}

@@ -35,6 +35,9 @@ USAGE_COLUMNS = (REQUESTS, INPUT_TOKENS, OUTPUT_TOKENS, CACHE_HITS, CACHED_ROWS,
 # internal, between stages: per row, the pickled {task: Plan | Skip | RowError} (prepare ->
 # infer -> parse), and per task the pickled answers to that row's requests (infer -> parse)
 PLANS = "__plans"
+# internal, prepare -> parse: per row, the pickled MaskedText (batch/text/privacy.py), null
+# when nothing was masked
+MASKED = "__masked"
 
 
 def results_column(task: str) -> str:

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from batch.config import JobConfig
 from batch.io.read import InputFile, output_schema, plan_inputs, unreadable_reason
 from batch.io.storage import Location, storage_error, storage_fault
+from batch.text.privacy import missing_hash_columns
 
 DUPLICATE_EXAMPLES = 5
 
@@ -51,6 +52,8 @@ def validate_job_inputs(job: JobConfig) -> tuple[list[str], list[str]]:
         if job.input.columns:
             if absent := [c for c in job.input.columns if c not in file.columns]:
                 problems.append(f"{file.uri}: input.columns names columns it lacks: {', '.join(absent)}")
+    if missing := missing_hash_columns(job.privacy, {column for file in files for column in file.columns}):
+        problems.append(f"privacy.hash_columns: no column {missing[0]!r} in any input file")
     with ThreadPoolExecutor(max_workers=4) as pool:
         reads = list(pool.map(lambda file: _read_every_page(job, file), files))
     problems += [read.problem for read in reads if read.problem]

@@ -98,17 +98,19 @@ def batch_size_for(config: EngineConfig, device: Literal["cpu", "cuda"]) -> int:
 REQUEST_LOG = "BATCH_REQUEST_LOG"  # env: a file to append one JSON line per request sent to the engine
 
 
-def log_requests(kind: str, max_model_len: int, entries: list[tuple[int, int]]) -> None:
-    """Opt-in audit of what the engine was asked (prompt tokens, max_tokens per request),
-    so a test or an operator can check every request fit the context. Lines are appended
-    in one write per call, so several actors can share the file."""
+def log_requests(kind: str, max_model_len: int, entries: list[tuple[str, int, int]]) -> None:
+    """Opt-in audit of exactly what the engine was asked: per request sent, the rendered
+    prompt (a classifier's text), its tokens and max_tokens, so a test or an operator can
+    check that every request fit the context and that no personal datum reached a model.
+    Lines are appended in one write per call, so the actors of a run can share the file."""
     path = os.environ.get(REQUEST_LOG)
     if not path or not entries:
         return
     lines = "".join(
-        json.dumps({"kind": kind, "prompt_tokens": p, "max_tokens": m, "max_model_len": max_model_len}) + "\n"
-        for p, m in entries
-    )
+        json.dumps({"kind": kind, "prompt": text, "prompt_tokens": p, "max_tokens": m, "max_model_len": max_model_len},
+                   ensure_ascii=False) + "\n"
+        for text, p, m in entries
+    )  # fmt: skip
     with open(path, "a", encoding="utf-8") as log_file:
         log_file.write(lines)
 
@@ -207,9 +209,10 @@ class Engine:
 
         results: list[Completion | Failure | None] = [None] * len(requests)
         prompts, params, loras, slots, sent = [], [], [], [], []
+        rendered = [self.render(request) for request in requests]
         for i, request in enumerate(requests):
             # Tokenize once here (to check the length) and hand vLLM the ids, not the text.
-            prompt_ids = self.tokenizer(self.render(request), add_special_tokens=False)["input_ids"]
+            prompt_ids = self.tokenizer(rendered[i], add_special_tokens=False)["input_ids"]
             prompt_tokens = len(prompt_ids)
             room = self.max_model_len - prompt_tokens
             if room < 1:
@@ -228,7 +231,7 @@ class Engine:
                 )
             )
             prompts.append(TokensPrompt(prompt_token_ids=prompt_ids))
-            sent.append((prompt_tokens, request.max_tokens))  # as asked, before clamping to the room left
+            sent.append((rendered[i], prompt_tokens, request.max_tokens))  # as asked, before clamping to the room left
             loras.append(self._lora.get(request.adapter) if request.adapter else None)
             slots.append(i)
         if prompts:
@@ -255,11 +258,12 @@ class Engine:
         eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
         results: list[Scores | Failure | None] = [None] * len(requests)
         prompts, loras, spans = [], [], []
+        rendered = [self.render(request) for request in requests]
         for i, request in enumerate(requests):
             if request.adapter is not None and request.adapter not in self._lora:
                 results[i] = Failure(f"unknown adapter {request.adapter!r}")
                 continue
-            prompt_ids = self.tokenizer(self.render(request), add_special_tokens=False)["input_ids"]
+            prompt_ids = self.tokenizer(rendered[i], add_special_tokens=False)["input_ids"]
             continuations = [self.tokenizer(c, add_special_tokens=False)["input_ids"] + eos for c in request.continuations]
             longest = len(prompt_ids) + max(len(c) for c in continuations)
             if longest >= self.max_model_len:
@@ -271,7 +275,8 @@ class Engine:
                 spans.append((i, len(continuation), len(prompt_ids)))
         if prompts:
             params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
-            log_requests("score", self.max_model_len, [(len(p["prompt_token_ids"]), 1) for p in prompts])
+            log_requests("score", self.max_model_len,
+                         [(rendered[i], len(p["prompt_token_ids"]), 1) for (i, _, _), p in zip(spans, prompts)])
             outputs = self._call(self.llm.generate, prompts, params, lora_request=loras if self._lora else None)
             scored: dict[int, list[float]] = {}
             lengths: dict[int, int] = {}
@@ -298,7 +303,7 @@ class Engine:
             slots.append(i)
             lengths.append(n_tokens)
         if texts:
-            log_requests("classify", self.max_model_len, [(n, 0) for n in lengths])
+            log_requests("classify", self.max_model_len, [(text, n, 0) for text, n in zip(texts, lengths)])
             outputs = self._call(self.llm.classify, texts)
             for slot, n_tokens, output in zip(slots, lengths, outputs):
                 probs = tuple(float(p) for p in output.outputs.probs)

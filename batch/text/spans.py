@@ -7,6 +7,8 @@ row instead of publishing a translation that silently lost a URL.
 
 Kinds, in priority order (an earlier kind wins where two overlap):
     placeholder  text that already looks like a placeholder (`⟦3⟧`), so it cannot be confused
+    masked       a personal-data placeholder (`[EMAIL_1]`, batch/text/privacy.py): it must come
+                 back unchanged so the original can be restored, or published as it is
     code         fenced ```...``` blocks and inline `...` code
     url          http(s):// and www. addresses (trailing punctuation left outside)
     mention      @user, @user@instance.social
@@ -24,6 +26,8 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 PLACEHOLDER_RE = re.compile(r"⟦\s*(\d+)\s*⟧")  # lenient: `⟦ 1 ⟧` still counts
+# What batch/text/privacy.py puts where it masked personal data: `[EMAIL_1]`, `[PHONE_2]`
+MASKED_RE = re.compile(r"\[([A-Z][A-Z0-9_]*)_(\d+)\]")
 
 
 def placeholder(number: int) -> str:
@@ -71,6 +75,7 @@ _EMOJI_ELEMENT = f"(?:[#*0-9]\ufe0f?\u20e3|{_EMOJI_CHAR}{_EMOJI_MODIFIER}*)"
 
 _PATTERNS: tuple[tuple[str, re.Pattern[str] | None], ...] = (
     ("placeholder", re.compile(r"⟦[^⟦⟧\n]{0,20}⟧")),
+    ("masked", MASKED_RE),
     ("code", re.compile(r"```[\s\S]*?```|`[^`\n]+`")),
     ("url", re.compile(r"(?<![\w@])(?:https?://|www\.)[^\s<>\"'`]+", re.IGNORECASE)),
     ("mention", re.compile(r"(?<![\w@])@\w+(?:@[\w-]+(?:\.[\w-]+)+)?")),
@@ -79,6 +84,15 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str] | None], ...] = (
     ("hashtag", re.compile(r"(?<![\w#&])#\w+")),
     ("emoji", re.compile(f"{_EMOJI_ELEMENT}(?:\u200d?{_EMOJI_ELEMENT})*")),
 )
+
+
+def detector(kind: str) -> re.Pattern[str]:
+    """The detector of one kind of span; batch/text/privacy.py masks e-mails, URLs and
+    handles with these same ones, so each kind is detected in one place."""
+    found = dict(_PATTERNS)[kind]
+    assert found is not None, kind
+    return found
+
 
 # Scripts written without spaces: a glossary term there cannot require word boundaries.
 _NO_SPACE_SCRIPT = re.compile("[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff]")
@@ -101,7 +115,7 @@ def _term_regex(terms: Sequence[Term]) -> re.Pattern[str] | None:
     return re.compile("|".join(parts), re.IGNORECASE) if parts else None
 
 
-def _url_end(text: str, start: int, end: int) -> int:
+def url_end(text: str, start: int, end: int) -> int:
     """Leave sentence punctuation and an unbalanced closing bracket outside the URL."""
     while end > start:
         last = text[end - 1]
@@ -125,7 +139,7 @@ def find_spans(text: str, terms: Sequence[Term] = ()) -> list[tuple[int, int, st
         for match in pattern.finditer(text):
             start, end = match.span()
             if kind == "url":
-                end = _url_end(text, start, end)
+                end = url_end(text, start, end)
             if end <= start or any(start < e and s < end for s, e, _ in taken):
                 continue
             taken.append((start, end, kind))
