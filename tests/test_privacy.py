@@ -319,16 +319,16 @@ def test_another_key_gives_other_hashes_and_a_missing_column_stops_the_stage(mon
         hashed_by_the_prepare_stage(table.drop_columns(["user_id"]), KEY, monkeypatch)
 
 
-def test_hashing_without_its_key_or_its_column_stops_before_start(planted_rows, tmp_path, monkeypatch):
+def test_hashing_without_its_key_or_its_column_stops_before_start(planted_rows, models, tmp_path, monkeypatch):
     root, _ = planted_rows
     monkeypatch.delenv("PRIVACY_TEST_HASH_KEY", raising=False)
     definition = {
         "name": "no-key", "input": {"uris": [str(root / "in")], "id_column": "post_id"}, "output": {"uri": str(tmp_path / "o")},
-        "tasks": {"sentiment": {"model": "unused"}},
+        "tasks": {"sentiment": {"model": str(models["chat"])}},  # identified before the inputs are read
         "privacy": {"hash_columns": ["user_id"], "hash_key_env": "PRIVACY_TEST_HASH_KEY"},
     }  # fmt: skip
     result = run_cli("run", str(write_job(tmp_path / "job.yaml", definition)))
-    assert result.returncode == 1 and "set $PRIVACY_TEST_HASH_KEY" in result.stderr
+    assert result.returncode == 3 and "set $PRIVACY_TEST_HASH_KEY" in result.stderr  # invalid: no retry helps
     assert not (tmp_path / "o").exists()
 
     # with its key, a hash column no input file has (a misspelt id column) is caught too
@@ -337,5 +337,5 @@ def test_hashing_without_its_key_or_its_column_stops_before_start(planted_rows, 
     env = {"PRIVACY_TEST_HASH_KEY": KEY}
     for command in ("validate", "run"):
         result = run_cli(command, str(job_file), env=env)
-        assert result.returncode == 1 and "privacy.hash_columns: no column 'userid' in any input file" in result.stderr
+        assert result.returncode == 3 and "privacy.hash_columns: no column 'userid' in any input file" in result.stderr
     assert not list((tmp_path / "o").rglob("*.parquet"))  # validate may probe that it can write there
