@@ -160,17 +160,24 @@ _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 def load_job(path: str | os.PathLike, overrides: list[str] = (), *, run_date: dt.date | None = None) -> JobConfig:
     """Read, override, validate. Raises ConfigError with a message naming the field."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: job file not found") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a job file is a mapping of keys (name, input, output, tasks, ...)")
+    raw = read_yaml_mapping(path, "job file", "a mapping of keys (name, input, output, tasks, ...)")
     for override in overrides:
         apply_override(raw, override)
     return validate_job(raw, source=str(path), run_date=run_date)
+
+
+def read_yaml_mapping(path: Path, what: str, shape: str, error: type[ConfigError] = ConfigError) -> dict[str, Any]:
+    """A YAML file that must hold a mapping (a job file, a fine-tuning spec, a template):
+    one line naming the file when it is missing, not YAML, or not a mapping."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{path}: {what} not found") from None
+    except yaml.YAMLError as exc:
+        raise error(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise error(f"{path}: a {what} is {shape}")
+    return raw
 
 
 def validate_job(raw: dict[str, Any], *, source: str = "job", run_date: dt.date | None = None) -> JobConfig:

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from batch.config import ConfigError, JobConfig, load_job
+from batch.config import ConfigError, JobConfig, load_job, read_yaml_mapping
 from batch.infer.models import is_hub_id
 from batch.tasks import TASKS
 
@@ -206,13 +206,8 @@ def _refuse_hub_models(job: JobConfig) -> None:
 
 
 def _load_template(path: Path) -> dict[str, Any]:
-    try:
-        manifest = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RenderError(f"{path}: template not found") from None
-    except yaml.YAMLError as exc:
-        raise RenderError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(manifest, dict) or manifest.get("kind") != "RayJob":
+    manifest = read_yaml_mapping(path, "template", "a RayJob manifest", RenderError)
+    if manifest.get("kind") != "RayJob":
         raise RenderError(f"{path}: not a RayJob template")
     return manifest
 

@@ -12,10 +12,9 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from batch.config import ConfigError, StorageConfig, Strict, apply_override, format_validation_error
+from batch.config import ConfigError, StorageConfig, Strict, apply_override, format_validation_error, read_yaml_mapping
 from batch.infer.engine import LORA_RANKS
 from batch.tasks.sentiment import DEFAULT_LABELS
 
@@ -132,14 +131,7 @@ class FinetuneSpec(Strict):
 def load_spec(path: str | os.PathLike, overrides: list[str] = ()) -> FinetuneSpec:
     """Read, override, validate. Raises ConfigError with a message naming the field."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: spec file not found") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a fine-tuning spec is a mapping of keys (name, task, method, base_model, data, output, ...)")  # fmt: skip
+    raw = read_yaml_mapping(path, "fine-tuning spec", "a mapping of keys (name, task, method, base_model, data, output, ...)")
     for override in overrides:
         apply_override(raw, override)
     return validate_spec(raw, source=str(path))
