@@ -82,6 +82,23 @@ def render(request: RenderRequest) -> dict[str, Any]:
     return manifest
 
 
+def disruption_budget(rayjob: dict[str, Any]) -> dict[str, Any]:
+    """A PodDisruptionBudget that keeps every pod of this run (head and GPU workers carry
+    `corpus-batch/run: <name>`) from voluntary evictions: `kubectl drain`, node upgrades.
+    The pods' do-not-evict annotations cover the cluster autoscaler and Karpenter; a drain
+    honours only a budget. Ray's own scale-down deletes pods, which a budget does not stop.
+    Nothing can own it (the RayJob's uid is not known before it is created), so the
+    scheduler deletes it by label once the RayJob has ended; one left behind selects no pods
+    once the cluster is gone, and blocks nothing."""
+    name = rayjob["metadata"]["name"]
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": name, "labels": dict(rayjob["metadata"]["labels"])},
+        "spec": {"maxUnavailable": 0, "selector": {"matchLabels": {"corpus-batch/run": name}}},
+    }
+
+
 class _Dumper(yaml.SafeDumper):
     """Multi-line strings (runtimeEnvYAML) as literal blocks, as a person would write them."""
 
@@ -92,8 +109,9 @@ _Dumper.add_representer(
 )
 
 
-def to_yaml(manifest: dict[str, Any]) -> str:
-    return yaml.dump(manifest, Dumper=_Dumper, sort_keys=False, width=1000)
+def to_yaml(*manifests: dict[str, Any]) -> str:
+    """One YAML document per manifest, as `kubectl create -f -` takes them."""
+    return yaml.dump_all(manifests, Dumper=_Dumper, sort_keys=False, width=1000)
 
 
 # --- names, image, entry point -------------------------------------------------------------

@@ -32,8 +32,9 @@ def k8s() -> None:
 @click.option("--template", type=click.Path(dir_okay=False, path_type=Path), help="RayJob template (default: jobs/kuberay-nightly-translation.yaml).")  # fmt: skip
 def render_command(job_file, run_date, image, image_digest, allow_tag, overrides, input_uris, output_uri,
                    ray_version, allow_hub_models, template):  # fmt: skip
-    """Print the RayJob that runs JOB_FILE for --date, for `kubectl create -f -`."""
-    from batch.k8s import DEFAULT_TEMPLATE, RenderRequest, render, to_yaml
+    """Print the RayJob that runs JOB_FILE for --date, and the PodDisruptionBudget that
+    keeps its pods from being drained, for `kubectl create -f -`."""
+    from batch.k8s import DEFAULT_TEMPLATE, RenderRequest, disruption_budget, render, to_yaml
 
     request = RenderRequest(
         job_file=job_file, run_date=run_date.date() if run_date else None, image=image, image_digest=image_digest,
@@ -45,7 +46,7 @@ def render_command(job_file, run_date, image, image_digest, allow_tag, overrides
     except ConfigError as exc:
         click.echo(f"INVALID: {exc}", err=True)
         sys.exit(Exit.INVALID)
-    click.echo(to_yaml(manifest), nl=False)
+    click.echo(to_yaml(manifest, disruption_budget(manifest)), nl=False)
 
 
 @k8s.command("status")

@@ -277,8 +277,17 @@ def test_a_render_that_cannot_be_done_fails_with_one_line(args, expected):
 def test_the_cli_prints_a_manifest_kubectl_can_read():
     result = render_cli(JOB.as_posix(), "--date", "2026-11-24", "--image", IMAGE, "--set", f"tasks.translation.model={MODEL}")
     assert result.returncode == 0, result.stderr
-    (manifest,) = list(yaml.safe_load_all(result.stdout))
+    (manifest, budget) = list(yaml.safe_load_all(result.stdout))
     assert rayjob_errors(manifest) == []
+    # every pod of the run is kept from voluntary evictions (kubectl drain) while it runs
+    assert (budget["apiVersion"], budget["kind"]) == ("policy/v1", "PodDisruptionBudget")
+    assert set(budget) == {"apiVersion", "kind", "metadata", "spec"}
+    assert set(budget["spec"]) == {"maxUnavailable", "selector"} and budget["spec"]["maxUnavailable"] == 0
+    assert budget["metadata"]["name"] == manifest["metadata"]["name"]
+    assert budget["metadata"]["labels"]["corpus-batch/date"] == "2026-11-24"
+    selector = budget["spec"]["selector"]["matchLabels"]
+    for pod in pods(manifest):
+        assert selector.items() <= pod["metadata"]["labels"].items()
     assert manifest["spec"]["runtimeEnvYAML"] == 'env_vars:\n  PYTHONUNBUFFERED: "1"\n'
 
 
