@@ -38,7 +38,8 @@ from conftest import REPO, free_port, write_corpus
 VENV_BIN = Path(sys.executable).parent
 SUBMIT = REPO / "jobs" / "submit.sh"
 CLUSTER_YAML = REPO / "cluster.yaml"
-JOB_FILES = sorted(p for p in (REPO / "jobs").glob("*.yaml") if not p.name.startswith("kuberay-"))
+JOB_FILES = sorted(p for p in (REPO / "jobs").glob("*.yaml") if not p.name.startswith(("kuberay-", "finetune_")))
+FINETUNE_SPECS = sorted((REPO / "jobs").glob("finetune_*.yaml"))
 CREDENTIAL_NAMES = ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN")
 
 
@@ -113,6 +114,27 @@ def test_the_cluster_can_host_every_job(job_file):
     assert fitting, f"{job_file.name}: no worker type offers accelerator_type:{engine.accelerator_type} with {tp} GPUs"
     capacity = sum(t["max_workers"] * (t["resources"]["GPU"] // tp) for t in fitting)
     assert capacity >= engine.replicas, f"{job_file.name}: {engine.replicas} replicas, room for {capacity}"
+
+
+@pytest.mark.parametrize("spec_file", FINETUNE_SPECS, ids=lambda p: p.name)
+def test_the_cluster_can_host_every_finetune(spec_file):
+    """Each fine-tuning spec is valid, and on GPUs its Ray Train workers fit the GPU worker
+    types that offer its accelerator type, all at once (DDP needs every rank)."""
+    from batch.finetune.spec import load_spec
+
+    scaling = load_spec(spec_file).scaling
+    if not scaling.use_gpu:
+        return
+    per_worker = scaling.gpus_per_worker or 1
+    accelerator = scaling.accelerator_type
+    fitting = [
+        node_type
+        for node_type in gpu_node_types(ray_validate(cluster_config())).values()
+        if node_type["resources"]["GPU"] >= per_worker
+        and (accelerator is None or node_type["resources"].get(f"accelerator_type:{accelerator}", 0) >= 1)
+    ]  # fmt: skip
+    capacity = sum(t["max_workers"] * (t["resources"]["GPU"] // per_worker) for t in fitting)
+    assert capacity >= scaling.workers, f"{spec_file.name}: {scaling.workers} workers, room for {capacity}"
 
 
 def test_cluster_yaml_installs_the_gpu_build_with_token_auth_and_no_keys():
