@@ -32,7 +32,7 @@ def corpus(with_too_long: bool = False) -> list[dict]:
     return rows
 
 
-def engine_job(tmp_path: Path, model: Path, rows: list[dict], **engine) -> Path:
+def engine_job(tmp_path: Path, model: Path, rows: list[dict], long_text: str = "chunk", **engine) -> Path:
     """Sentiment in generate mode (label decoded by the engine), 5 rows per engine call:
     the 20 rows reach the engine actor as 2 batches of 10 rows, 2 engine calls each."""
     write_corpus(None, str(tmp_path / "in"), rows, files=FILES)
@@ -43,7 +43,7 @@ def engine_job(tmp_path: Path, model: Path, rows: list[dict], **engine) -> Path:
         "engine": {"batch_size": 5, "max_model_len": 256, **engine},
         "cache": {"enabled": False},  # every batch goes to the engine, on every attempt
         "max_row_error_rate": 0.5,
-        "tasks": {"sentiment": {"model": str(model), "labels": LABELS, "probabilities": False}},
+        "tasks": {"sentiment": {"model": str(model), "labels": LABELS, "probabilities": False, "long_text": long_text}},
     }
     return write_job(tmp_path / "job.yaml", job)
 
@@ -89,8 +89,11 @@ def test_engine_that_keeps_dying_fails_the_run_in_one_line(models, tmp_path):
 
 
 def test_engine_error_for_a_whole_call_is_retried_and_a_rejected_request_is_a_row_error(models, tmp_path):
+    """A row that cannot be served (`long_text: error`: longer than the context) stays that
+    row's error while the batch around it is retried for an engine error; the engine's own
+    rejection of one request is shown in process, below."""
     rows = corpus(with_too_long=True)
-    job = engine_job(tmp_path, models["chat"], rows)
+    job = engine_job(tmp_path, models["chat"], rows, long_text="error")
 
     # out of memory, once, for the second call: the whole batch again, no row error from it
     result = run_cli("run", str(job), env={"BATCH_FAULT": "engine.call_error@2"})
@@ -101,7 +104,7 @@ def test_engine_error_for_a_whole_call_is_retried_and_a_rejected_request_is_a_ro
     assert_every_row_once(output, rows)
     errors = {row["id"]: row["error"] for row in output if row["error"] is not None}
     assert list(errors) == [TOO_LONG_ID], errors
-    assert errors[TOO_LONG_ID].startswith("sentiment: prompt of "), errors
+    assert errors[TOO_LONG_ID].startswith("sentiment: text of "), errors
     assert "does not fit max_model_len 256" in errors[TOO_LONG_ID]
     assert summary["rows_failed"] == 1
     assert summary["engines"][0]["restarts"] == 0
@@ -127,7 +130,10 @@ def test_only_what_vllm_rejects_for_the_request_is_a_row_error(models):
         # the engine core in its own process, as in test_models.py: moto's Flask may be in this one
         **resolve_engine_settings(EngineConfig(max_model_len=256, in_process=False), "cpu"),
     )  # fmt: skip
-    stage = InferenceStage(StageSpec(engine=engine, tasks=(("sentiment", SentimentConfig(model=str(models["chat"]))),)))
+    stage = InferenceStage(StageSpec(
+        engine=engine, tasks=(("sentiment", SentimentConfig(model=str(models["chat"]))),),
+        provenance=(("sentiment", "tiny-chat"),), cache_identity="unused",  # no result cache here
+    ))  # fmt: skip
     try:
         ask = [Generate(messages=(("user", f"post {i}"),), max_tokens=4 if i != 1 else 0) for i in range(3)]
         results = stage._run_isolating_failures(stage.engine.generate, ask)
