@@ -28,7 +28,6 @@ from typing import Any, Callable
 import pyarrow as pa
 
 from batch.config import ConfigError, JobConfig
-from batch.faults import fault_point
 from batch.identity import RunIdentity, resolve_run
 from batch.infer import models
 from batch.infer.engine import EngineSpec, batch_size_for, resolve_engine_settings
@@ -424,14 +423,12 @@ def _consume(records, progress, committed, output: Output, summary: RunSummary, 
         if (reason := record["unreadable"]) is not None:
             meter.advance(file_progress.file.rows - file_progress.rows)
             committed[record["source"]] = _quarantine(progress.pop(record["source"]), reason, output, echo)
-            fault_point("commit.after_file")
             continue
         file_progress.parts.append(record["part"])
         file_progress.rows += record["rows"]
         file_progress.counts = dict(Counter(file_progress.counts) + Counter(json.loads(record["counts"])))
         if file_progress.complete:
             committed[record["source"]] = output.commit(progress.pop(record["source"]))
-            fault_point("commit.after_file")
         meter.advance(record["rows"])
 
 
