@@ -108,8 +108,10 @@ def test_driver_killed_mid_run_then_rerun_resumes(models, tmp_path):
     assert not (output / "_staging").exists() or not any((output / "_staging").iterdir())
 
 
-def test_engine_actor_killed_mid_run_is_restarted(models, tmp_path):
+def test_engine_actor_killed_mid_run_is_restarted(models, tmp_path, monkeypatch):
     rows, output, job = local_slow_job(models, tmp_path)
+    requests = tmp_path / "requests.jsonl"  # the engine's request log: its first call is the signal
+    monkeypatch.setenv("BATCH_REQUEST_LOG", str(requests))
     proc = start_cli("run", str(job), log=tmp_path / "run.log")
     driver = psutil.Process(proc.pid)
 
@@ -122,9 +124,12 @@ def test_engine_actor_killed_mid_run_is_restarted(models, tmp_path):
                 continue
         return None
 
-    wait_for(lambda: committed_local(output), 600, "a first committed input file", proc, tmp_path / "run.log")
+    # killed right after its first engine call: the engine runs ahead of the commits, so
+    # waiting for a committed file could find it done with every batch already
+    wait_for(lambda: requests.exists() and requests.read_text().strip(), 600, "a first engine call", proc, tmp_path / "run.log")
     first = wait_for(engine_actor, 60, "the engine actor's process", proc, tmp_path / "run.log")
     kill_tree(first)
+    assert not (output / "_SUCCESS").exists()
     replacement = wait_for(lambda: (a := engine_actor()) and a.pid != first.pid and a, 300, "a restarted actor", proc)
     assert replacement.pid != first.pid
     assert proc.wait(timeout=900) == 0, (tmp_path / "run.log").read_text()[-4000:]
