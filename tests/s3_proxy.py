@@ -15,6 +15,7 @@ import http.client
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
@@ -34,7 +35,7 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", 
 @dataclass
 class Rule:
     path_contains: str
-    action: str  # a key of ANSWERS, or "reset" (close the connection with an RST, no answer)
+    action: str  # a key of ANSWERS, "reset" (close the connection with an RST, no answer), or "delay"
     times: int | None = None
     method: str | None = None
     alternate: bool = False
@@ -42,6 +43,7 @@ class Rule:
     passed: int = 0
     hits: int = 0
     seen: dict = field(default_factory=dict)  # (method, path, range) -> requests so far
+    delay_s: float = 0.5  # "delay": a slow store, the request is answered this much later
 
     def take(self, method: str, path: str, byte_range: str | None) -> bool:
         if self.path_contains not in path or (self.method and self.method != method):
@@ -114,6 +116,9 @@ def _handler(proxy: S3Proxy):
                 self.close_connection = True
                 self.connection.close()
                 return
+            if rule is not None and rule.action == "delay":
+                time.sleep(rule.delay_s)
+                rule = None
             if rule is not None:
                 status, code, message = ANSWERS[rule.action]
                 body = ERROR_XML.format(code=code, message=message).encode()

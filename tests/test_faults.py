@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from conftest import REPO, cli_ok, run_cli, write_corpus, write_job
 
@@ -389,15 +390,24 @@ def test_commit_point_then_plain_rerun_resumes(models, tmp_path):
     assert world.json("_summary.json")["input_files_resumed"] == 3
 
 
-def test_driver_sigkilled_while_publishing_to_s3_then_rerun_converges(s3_world, tmp_path):
+def test_driver_sigkilled_while_publishing_to_s3_then_rerun_converges(s3_world, s3, tmp_path):
     """No hook: the driver's whole process tree is SIGKILLed once some, not all, parts are
-    published (the issue's '3 of 150 parts moved')."""
+    published (the issue's '3 of 150 parts moved'). The store answers each publish copy a
+    little late (a proxy in front of moto), so the kill lands inside the publish however
+    fast the machine is."""
+    from s3_proxy import Rule, S3Proxy
+
     world = s3_world
     world.restore()
     total = world.staged_parts()
-    proc = start_cli("run", str(world.job), log=tmp_path / "run.log")
-    wait_for(lambda: world.published(), 300, "a first published part", proc, tmp_path / "run.log")
-    kill_tree(psutil.Process(proc.pid))
+    with S3Proxy(s3.endpoint) as proxy:
+        proxy.add(Rule(f"/{world.root}/part-", "delay", method="PUT", delay_s=0.3))
+        job = yaml.safe_load(world.job.read_text())
+        job["storage"] = {**job.get("storage", {}), "endpoint_url": proxy.endpoint}
+        slow_job = write_job(tmp_path / "slow-store.yaml", job)  # same identity: storage is not in it
+        proc = start_cli("run", str(slow_job), log=tmp_path / "run.log")
+        wait_for(lambda: world.published(), 300, "a first published part", proc, tmp_path / "run.log")
+        kill_tree(psutil.Process(proc.pid))
     names = world.names()
     assert "_SUCCESS" not in names, "publish finished before the kill; the test needs more parts"
     assert 1 <= len(world.published()) < total
