@@ -567,7 +567,9 @@ def test_arguments_arrive_literally_and_an_invalid_job_is_not_retried(ray_head, 
     manifest = render(RenderRequest(
         job_file=Path("jobs/nightly_translation.yaml"), run_date=dt.date.fromisoformat(date),
         image="registry/corpus-batch@sha256:" + "0" * 64,
-        overrides=("tasks.translation.model=s3://models/tower/", f"input.uris={value}"),
+        # the job file's hub model, as the submit.sh case above runs it (identified offline by its
+        # id, so the run gets as far as the inputs, whose URI it names)
+        overrides=(f"input.uris={value}",), allow_hub_models=True,
     ))  # fmt: skip
     ended = submit_as_kuberay(ray_head, f"{base}-kuberay", manifest["spec"]["entrypoint"])
     assert ended["status"] == "FAILED" and ended["driver_exit_code"] == 3, ended

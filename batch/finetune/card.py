@@ -27,7 +27,7 @@ def build_card(spec: FinetuneSpec, splits: Splits, run_identity: str, progress: 
         "task": spec.task,
         "method": spec.method,
         "serve_as": _serve_as(spec),
-        "base_model": {"uri": spec.base_model, "identity": models.weights_identity(spec.base_model, spec.storage)},
+        "base_model": {"uri": spec.base_model, "identity": models.identify(spec.base_model, spec.storage).content},
         "labels": spec.labels if spec.task == "sentiment" else None,
         "target_language": spec.target_language,
         "data": {"uris": spec.data.uris, "fingerprint": splits.fingerprint, "rows": splits.counts,

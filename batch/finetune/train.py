@@ -43,7 +43,7 @@ def identity(spec: FinetuneSpec, splits: Splits) -> str:
     """What makes two runs the same training: checkpoints are filed under it."""
     shaping = spec.model_dump(mode="json", include={"task", "method", "labels", "target_language", "lora", "training"})
     shaping["adapter"] = spec.adapter.model_dump() if spec.adapter else None
-    shaping["base"] = models.weights_identity(spec.base_model, spec.storage)
+    shaping["base"] = models.identify(spec.base_model, spec.storage).content
     shaping["data"] = splits.fingerprint
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -149,7 +149,7 @@ def load_model(spec: FinetuneSpec):
     has none, or other labels), with the LoRA the spec asks for."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    local = models.resolve(spec.base_model, spec.storage)
+    local = models.resolve(models.identify(spec.base_model, spec.storage), spec.storage)
     tokenizer = AutoTokenizer.from_pretrained(local)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
