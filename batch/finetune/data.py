@@ -168,7 +168,7 @@ def prompt_messages(task, spec: FinetuneSpec, row: dict[str, str]) -> tuple[tupl
     if spec.task == "sentiment":
         (request,) = task.prepare(row["text"]).requests
         return request.messages
-    return task._request(spec.target_language, row["source"]).messages
+    return task.messages(spec.target_language, row["source"])
 
 
 def encode(tokenizer, task, spec: FinetuneSpec, row: dict[str, str]) -> dict[str, Any]:

@@ -375,9 +375,13 @@ class TranslationTask(Task):
             system += STYLE.format(instructions=note)
         return system
 
+    def messages(self, lang: str, piece: str) -> tuple[tuple[str, str], ...]:
+        """The chat messages asking for one piece in `lang`: what the engine is sent, and what
+        a fine-tune is trained on (batch/finetune/data.py), so the two cannot drift."""
+        return (("system", self._system(lang)), ("user", piece))
+
     def _request(self, lang: str, piece: str, adapter: str | None) -> Generate:
-        messages = (("system", self._system(lang)), ("user", piece))
-        return Generate(messages=messages, max_tokens=self._output_budget(piece), adapter=adapter)
+        return Generate(messages=self.messages(lang, piece), max_tokens=self._output_budget(piece), adapter=adapter)
 
     # --- budgets: what a piece may cost -------------------------------------------------
 
