@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from batch.infer.models import is_hub_id
 from batch.config import ConfigError, StorageConfig, Strict, apply_override, format_validation_error, read_yaml_mapping
 from batch.infer.engine import LORA_RANKS
 from batch.tasks.sentiment import DEFAULT_LABELS
@@ -139,6 +140,22 @@ def load_spec(path: str | os.PathLike, overrides: list[str] = ()) -> FinetuneSpe
 
 def validate_spec(raw: dict[str, Any], source: str = "spec") -> FinetuneSpec:
     try:
-        return FinetuneSpec.model_validate(raw)
+        spec = FinetuneSpec.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(f"{source}: invalid fine-tuning spec:\n" + format_validation_error(exc, FinetuneSpec)) from None
+    return _absolute_local_paths(spec)
+
+
+def _absolute_local_paths(spec: FinetuneSpec) -> FinetuneSpec:
+    """Local paths as the driver sees them: Ray Train workers do not run in the driver's
+    working directory, so `.demo/models/x` would name nothing there."""
+
+    def absolute(uri: str | None) -> str | None:
+        if uri is None or uri.startswith("s3://") or (is_hub_id(uri) and not Path(uri).exists()):
+            return uri
+        return str(Path(uri).expanduser().absolute())
+
+    return spec.model_copy(update={
+        "base_model": absolute(spec.base_model), "output": absolute(spec.output), "checkpoints": absolute(spec.checkpoints),
+        "data": spec.data.model_copy(update={"uris": [absolute(uri) for uri in spec.data.uris]}),
+    })  # fmt: skip
