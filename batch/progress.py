@@ -28,11 +28,12 @@ def quiet_ray_data() -> None:
 
 
 def quiet_workers_env() -> dict:
-    """For a local cluster the driver starts: vLLM's and transformers' INFO lines (engine
-    start-up, weight loading bars) stay in the workers' logs unless --verbose."""
+    """For a local cluster the driver starts: vLLM's INFO and WARNING lines (engine start-up,
+    weight loading bars, CPU-build advice such as tcmalloc) stay in the workers' logs unless
+    --verbose; its errors still reach the console."""
     if verbose():
         return {}
-    return {"env_vars": {"VLLM_LOGGING_LEVEL": "WARNING", "TRANSFORMERS_VERBOSITY": "error",
+    return {"env_vars": {"VLLM_LOGGING_LEVEL": "ERROR", "TRANSFORMERS_VERBOSITY": "error",
                          "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1"}}  # fmt: skip
 
 
