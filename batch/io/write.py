@@ -29,7 +29,7 @@ import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -267,10 +267,3 @@ class Output:
             if info.type == pafs.FileType.File and name.endswith(".parquet") and not name.startswith(("_", ".")):
                 if info.path not in keep:
                     retrying(lambda: fs.delete_file(info.path), self.location.storage, info.path)
-
-
-def job_fingerprint(job_definition: dict[str, Any]) -> str:
-    """Identifies what a run computes (tasks, models, input, columns): same fingerprint, same
-    output, so a rerun may resume from its committed files."""
-    text = json.dumps(job_definition, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
