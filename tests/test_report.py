@@ -21,8 +21,9 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from batch.report.alerts import AlertSettings, alerts, negative_share_series
 from batch.report.aggregate import Roles, count_table, merge
+from batch.report.alerts import AlertSettings, alerts, share_series
+from batch.report.sections.label import LabelTask
 from batch.report.command import report
 
 START = dt.date(2026, 3, 1)
@@ -202,7 +203,7 @@ def check_page(page: str, data: dict, expected_charts: set[str]) -> None:
 # --- sentiment ---------------------------------------------------------------------------
 
 
-SENTIMENT_CHARTS = {"sentiment_overall", "sentiment_by_language", "sentiment_over_time", "negative_share"}
+SENTIMENT_CHARTS = {"sentiment_overall", "sentiment_by_language", "sentiment_over_time", "sentiment_watch_share"}
 
 
 def expected_overall(rows: list[dict]) -> dict[str, int]:
@@ -236,7 +237,7 @@ def check_sentiment_report(data: dict, page: str, rows: list[dict]) -> None:
     assert tiny["share"] == 1.0 and not tiny["alert"]
 
     assert data["run"]["rows_in"] == len(rows) and data["run"]["wall_seconds"] == 61.5
-    assert data["translation"] is None
+    assert list(data["tasks"]) == ["sentiment"] and data["tasks"]["sentiment"] == section
     check_page(page, data, SENTIMENT_CHARTS)
     assert SPIKE_DAY.isoformat() in page and "61.5" in page
 
@@ -337,7 +338,7 @@ def test_translation_report(tmp_path):
 
     assert code == 0, output
     data, page = load(out)
-    assert data["sentiment"] is None
+    assert list(data["tasks"]) == ["translation"]
     section = data["translation"]
     assert section["source_text_column"] == "text"
     targets = {t["language"]: t for t in section["targets"]}
@@ -358,7 +359,7 @@ def test_translation_report(tmp_path):
     assert sum(row["flagged"] for row in by_language.values()) == 5
     assert data["outcomes"]["failed_rows"] == 2 and data["outcomes"]["failed_by_task"] == {"translation": 2}
     assert data["outcomes"]["skipped"] == {"translation: empty text": 3}
-    check_page(page, data, {"translation_outcomes", "translation_by_language", "length_ratio"})
+    check_page(page, data, {"translation_outcomes", "translation_by_language", "translation_length_ratio"})
 
 
 # --- errors ------------------------------------------------------------------------------
@@ -369,7 +370,10 @@ def test_translation_report(tmp_path):
     [
         (["--time-column", "created_typo"], "--time-column created_typo: no such column in {uri}; columns: post_id, created_at"),
         (["--time-column", "post_id", "--lang-column", "language"], "--lang-column language: no such column in {uri}; columns:"),
-        (["--negative-label", "angry"], "--negative-label angry: not one of the labels negative, neutral, positive"),
+        (["--negative-label", "angry"], "--watch-label angry: not one of the labels negative, neutral, positive"),
+        (["--segment", "topic"], "--segment topic: no such column in {uri}; columns:"),
+        (["--label-column", "gold"], "--label-column gold: no such column in {uri}; columns:"),
+        (["--notify", "ftp://example.org/x"], "--notify ftp://example.org/x: expected an http:// or https:// URL"),
         (["--labels", "good"], "--labels good: expected two or more distinct"),
     ],
 )
@@ -399,7 +403,7 @@ def test_wrong_type_and_missing_output(tmp_path):
 def test_alarm_rules():
     settings = AlertSettings(threshold=0.2, window=3, min_count=20)
     periods = [("d1", 100, 20), ("d2", 100, 20), ("d3", 5, 5), ("d4", 100, 45), ("d5", 100, 40), ("d6", 10, 10)]
-    series = negative_share_series(periods, settings)
+    series = share_series(periods, settings)
     assert [item.period for item in alerts(series)] == ["d4"], "d3, d6: too few rows; d5: not beyond the threshold"
     assert series[0].baseline is None, "no window before the first period"
     assert series[3].baseline == pytest.approx(45 / 205), "pooled over the window, small periods weigh little"
@@ -408,11 +412,16 @@ def test_alarm_rules():
 def test_counts_merge_like_one_table():
     """Aggregating file by file, batch by batch, gives the same counts as all at once."""
     table = pa.Table.from_pylist(sentiment_rows())
-    roles = Roles(sentiment="sentiment", language="source_lang", time="created_at", skip_reason="skip_reason", error="error")
-    whole = count_table(table, roles)
-    parts = merge(count_table(table.slice(start, 97), roles) for start in range(0, table.num_rows, 97))
-    assert parts.sentiment == whole.sentiment and parts.rows == whole.rows == table.num_rows
-    assert (parts.sentiment_skipped, parts.sentiment_failed) == (whole.sentiment_skipped, whole.sentiment_failed) == (1, 1)
+    roles = Roles(language="source_lang", time="created_at", segments=("source_lang",), skip_reason="skip_reason",
+                  error="error")  # fmt: skip
+    task = LabelTask(name="sentiment", column="sentiment", labels=None, multi=False, watch="negative")
+    whole = count_table(table, roles, [task])
+    parts = merge(count_table(table.slice(start, 97), roles, [task]) for start in range(0, table.num_rows, 97))
+    assert parts.rows == whole.rows == table.num_rows and parts.periods == whole.periods
+    mine, theirs = parts.tasks["sentiment"], whole.tasks["sentiment"]
+    assert mine.labels == theirs.labels and mine.labelled == theirs.labelled
+    assert mine.segment_labelled == theirs.segment_labelled and mine.segment_watched == theirs.segment_watched
+    assert (mine.skipped, mine.failed) == (theirs.skipped, theirs.failed) == (1, 1)
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="no chromium to render the page with")

@@ -1,5 +1,10 @@
-"""From an output URI to the report dictionary: resolve which columns to read, count every
-file, and shape the counts into what `report.json` holds (and the page and charts show).
+"""From an output URI to the report dictionary: resolve which columns to read and which
+tasks the output holds, count every file, and shape the counts into what `report.json`
+holds (and the page and charts show).
+
+The frame names no task: the tasks come from the run summary (or the schema), and each is
+counted and shaped by its kind's section (batch/report/sections/). An output with no known
+task columns still gets its run and row-outcome sections.
 
 The dictionary is plain JSON data on purpose: the HTML page and the charts are drawn from it
 alone, so what a person sees and what a machine reads cannot disagree.
@@ -8,32 +13,26 @@ alone, so what a person sees and what a machine reads cannot disagree.
 from __future__ import annotations
 
 import datetime as dt
-from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
+
+import pyarrow as pa
 
 from batch.config import StorageConfig
 from batch.io.write import SUCCESS, SUMMARY
 from batch.report.aggregate import (
     FREQS,
-    RATIO_BINS,
-    RATIO_LOG2_MAX,
-    RATIO_LOG2_MIN,
     Counts,
-    RatioHistogram,
     Roles,
-    TargetCounts,
     count_table,
-    flags_column,
+    is_list_type,
     is_time_type,
     merge,
     period_label,
     period_step_us,
-    translation_column,
-    translation_targets,
 )
-from batch.report.alerts import AlertSettings, alerts, negative_share_series
+from batch.report.frame import Frame, ReportOptions
+from batch.report.sections import KINDS, discover, label
 from batch.report.source import (
     IO_THREADS,
     Output,
@@ -44,28 +43,12 @@ from batch.report.source import (
     side_file_exists,
 )
 from batch.schema import ERROR, SKIP_REASON
-from batch.tasks.sentiment import DEFAULT_LABELS
 
-REPORT_VERSION = 1
-SENTIMENT_COLUMN = "sentiment"
+__all__ = ["ReportOptions", "build_report"]
+
+REPORT_VERSION = 2
 DEFAULT_LANGUAGE_COLUMN = "source_lang"
-DEFAULT_TEXT_COLUMN = "text"
 MAX_PERIODS = 50_000  # a timeline longer than this is almost surely bad timestamps, not data
-HISTOGRAM_MERGE = 5  # report.json carries the ratio histogram at 400/5 = 80 bins
-RATIO_NORMAL = (0.5, 2.0)  # length ratios outside this are counted as suspicious
-
-
-@dataclass(frozen=True)
-class ReportOptions:
-    """What the command line chose. None means: take it from the output (or its run summary)."""
-
-    time_column: str | None = None
-    freq: str = "day"
-    language_column: str | None = None
-    labels: tuple[str, ...] | None = None
-    negative_label: str = "negative"
-    alert: AlertSettings = field(default_factory=AlertSettings)
-    text_column: str | None = None
 
 
 def build_report(uri: str, options: ReportOptions, storage: StorageConfig = StorageConfig()) -> dict[str, Any]:
@@ -73,13 +56,18 @@ def build_report(uri: str, options: ReportOptions, storage: StorageConfig = Stor
     output = open_output(uri, storage)
     summary, summary_note = read_side_file(uri, storage, SUMMARY)
     job = summary.get("job") if isinstance(summary, dict) and isinstance(summary.get("job"), dict) else {}
-    roles = resolve_roles(output, options, job)
-    counts = count_output(output, roles)
-
     notes = [summary_note] if summary_note else []
+    roles = resolve_roles(output, options)
+    tasks = resolve_tasks(output, options, summary, job, notes)
+    counts = count_output(output, roles, tasks)
+
     published = side_file_exists(uri, storage, SUCCESS)
     if not published:
         notes.append(f"{uri}: no {SUCCESS}: this output is not (or not yet) published; figures may be partial")
+    frame = Frame(roles=roles, options=options, counts=counts, periods=timeline(counts, roles, notes), notes=notes)
+    sections = {task.name: task.build(counts.tasks.get(task.name) or task.count_nothing(), frame) for task in tasks}
+    if options.watch_label_given and roles.time is not None and not any(s.get("watch_label") for s in sections.values()):
+        notes.append(f"--watch-label {options.watch_label}: no label task has this label, so nothing is watched")
     report: dict[str, Any] = {
         "report_version": REPORT_VERSION,
         "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -87,26 +75,26 @@ def build_report(uri: str, options: ReportOptions, storage: StorageConfig = Stor
         "published": published,
         "files": len(output.files),
         "rows": counts.rows,
-        "columns": {"language": roles.language, "time": roles.time, "text": roles.text},
+        "columns": {"language": roles.language, "time": roles.time, "segments": list(roles.segments)},
+        "watch_label": options.watch_label,
         "run": run_section(summary, counts, notes),
         "outcomes": outcomes_section(counts),
-        "sentiment": None,
-        "translation": None,
+        "tasks": sections,
+        "alerts": [item for s in sections.values() for item in KINDS[s["kind"]].alerts(s)],
         "notes": notes,
     }
-    if roles.sentiment is not None:
-        labels = resolve_labels(options, job)
-        report["sentiment"] = sentiment_section(counts, roles, labels, options, notes)
-    if roles.targets:
-        report["translation"] = translation_section(counts, roles)
+    # report_version 1 had each task's section at the top level under its name; kept there
+    # too (where the name is not one of the frame's keys) for readers of that version
+    for name, section in sections.items():
+        report.setdefault(name, section)
     return report
 
 
-# --- which columns ----------------------------------------------------------------------
+# --- which columns and which tasks ----------------------------------------------------------
 
 
-def resolve_roles(output: Output, options: ReportOptions, job: dict[str, Any]) -> Roles:
-    """Check every named column against the output, once, before reading any rows."""
+def resolve_roles(output: Output, options: ReportOptions) -> Roles:
+    """Check every named frame column against the output, once, before reading any rows."""
     columns = output.columns
     listing = ", ".join(columns)
 
@@ -117,13 +105,6 @@ def resolve_roles(output: Output, options: ReportOptions, job: dict[str, Any]) -
 
     if options.freq not in FREQS:
         raise ReportError(f"--freq {options.freq}: expected one of {', '.join(FREQS)}")
-    sentiment = SENTIMENT_COLUMN if SENTIMENT_COLUMN in columns else None
-    targets = translation_targets(columns)
-    if sentiment is None and not targets:
-        raise ReportError(
-            f"{output.uri}: neither a {SENTIMENT_COLUMN!r} column nor translation_<lang> columns, "
-            f"so there is nothing to report; columns: {listing}"
-        )
     time = None
     if options.time_column is not None:
         time = must_exist("--time-column", options.time_column)
@@ -137,114 +118,92 @@ def resolve_roles(output: Output, options: ReportOptions, job: dict[str, Any]) -
         language = must_exist("--lang-column", options.language_column)
     else:
         language = DEFAULT_LANGUAGE_COLUMN if DEFAULT_LANGUAGE_COLUMN in columns else None
-    if options.text_column is not None:
-        text = must_exist("--text-column", options.text_column)
-    else:
-        configured = (job.get("input") or {}).get("text_column") if isinstance(job.get("input"), dict) else None
-        text = next((name for name in (configured, DEFAULT_TEXT_COLUMN) if name and name in columns), None)
+    for name in options.segments:
+        must_exist("--segment", name)
+        type_ = output.column_type(name)
+        value_type = type_.value_type if is_list_type(type_) else type_
+        if pa.types.is_dictionary(value_type):
+            value_type = value_type.value_type
+        if pa.types.is_nested(value_type) or pa.types.is_binary(value_type) or pa.types.is_large_binary(value_type):
+            raise ReportError(
+                f"--segment {name}: column of type {type_} in {output.uri}; expected strings (or numbers), "
+                "or a list of them (a row then counts in each of its values)"
+            )
     return Roles(
-        sentiment=sentiment,
         language=language,
         time=time,
         freq=options.freq,
-        text=text if targets else None,
-        targets=targets,
-        flagged_targets=tuple(t for t in targets if flags_column(t) in columns),
+        segments=tuple(dict.fromkeys(options.segments)),
         skip_reason=SKIP_REASON if SKIP_REASON in columns else None,
         error=ERROR if ERROR in columns else None,
     )
 
 
-def resolve_labels(options: ReportOptions, job: dict[str, Any]) -> tuple[str, ...]:
-    """--labels, else the labels the run was configured with, else the task's defaults."""
-    labels = options.labels
-    if labels is None:
-        configured = ((job.get("tasks") or {}).get("sentiment") or {}).get("labels")
-        labels = tuple(configured) if configured else DEFAULT_LABELS
-    if options.negative_label not in labels:
-        raise ReportError(f"--negative-label {options.negative_label}: not one of the labels {', '.join(labels)}")
-    return tuple(labels)
+def resolve_tasks(output: Output, options: ReportOptions, summary: Any, job: dict, notes: list[str]) -> list:
+    """The output's tasks, each planned by its kind's section. `--label-column` replaces the
+    label tasks by the columns it names (a task's own description when one has that column)."""
+    descriptions, origin = discover(summary, output)
+    chosen: list[dict] = []  # named on the command line: a problem with one is an error, not a note
+    if options.label_columns:
+        by_column = {d.get("column") or d["name"]: d for d in descriptions if d.get("kind") == label.KIND}
+        for column in options.label_columns:
+            if column not in output.columns:
+                raise ReportError(
+                    f"--label-column {column}: no such column in {output.uri}; columns: {', '.join(output.columns)}"
+                )
+            chosen.append(by_column.get(column) or {"name": column, "kind": label.KIND, "column": column})
+        descriptions = [d for d in descriptions if d.get("kind") != label.KIND] + chosen
+    tasks = []
+    for description in descriptions:
+        kind = KINDS.get(description.get("kind"))
+        if kind is None:
+            notes.append(f"task {description['name']}: kind {description.get('kind')!r} has no report section; "
+                         f"only its row outcomes are shown")  # fmt: skip
+            continue
+        try:
+            tasks.append(kind.plan(description, output, options, job))
+        except ReportError as exc:
+            if any(description is item for item in chosen):
+                raise
+            notes.append(f"{exc}; left out of the report")
+    if not tasks:
+        notes.append(f"{output.uri}: no task columns found ({origin}): only the run and row outcomes are reported")
+    label_tasks = [task for task in tasks if isinstance(task, label.LabelTask)]
+    if options.labels is not None:
+        if len(label_tasks) != 1:
+            names = ", ".join(task.name for task in label_tasks) or "none"
+            raise ReportError(f"--labels: applies to one label task, and this report has {len(label_tasks)} ({names}); "
+                              "choose one with --label-column")  # fmt: skip
+        tasks = [label.with_labels(task, options.labels) if task is label_tasks[0] else task for task in tasks]
+        label_tasks = [task for task in tasks if isinstance(task, label.LabelTask)]
+    if options.watch_label_given:
+        known = [task for task in label_tasks if task.labels is not None]
+        if known and len(known) == len(label_tasks) and not any(options.watch_label in task.labels for task in known):
+            listing = "; ".join(f"{task.name}: " * (len(known) > 1) + ", ".join(task.labels) for task in known)
+            raise ReportError(f"--watch-label {options.watch_label}: not one of the labels {listing}")
+    return tasks
 
 
 # --- counting ---------------------------------------------------------------------------
 
 
-def count_output(output: Output, roles: Roles) -> Counts:
+def count_output(output: Output, roles: Roles, tasks: list) -> Counts:
     """Every file folded into counts, a few files at a time; rows are never all in memory."""
-    columns = roles.columns()
+    columns = list(dict.fromkeys(roles.columns() + [name for task in tasks for name in task.columns()]))
 
     def count_file(file) -> Counts:
-        return merge(count_table(table, roles) for table in iter_batches(output, file, columns))
+        return merge(count_table(table, roles, tasks) for table in iter_batches(output, file, columns))
 
     with ThreadPoolExecutor(max_workers=min(IO_THREADS, len(output.files))) as pool:
         return merge(pool.map(count_file, output.files))
 
 
-# --- sections ---------------------------------------------------------------------------
-
-
-def share(part: int, whole: int) -> float | None:
-    return round(part / whole, 4) if whole else None
-
-
-def label_block(by_label: Counter, labels: list[str]) -> dict[str, Any]:
-    """rows, labelled rows, and per-label counts and shares (shares of labelled rows)."""
-    labelled = sum(n for label, n in by_label.items() if label is not None)
-    return {
-        "rows": sum(by_label.values()),
-        "labelled": labelled,
-        "counts": {label: by_label.get(label, 0) for label in labels},
-        "shares": {label: share(by_label.get(label, 0), labelled) for label in labels},
-    }
-
-
-def sentiment_section(
-    counts: Counts, roles: Roles, labels: tuple[str, ...], options: ReportOptions, notes: list[str]
-) -> dict[str, Any]:
-    overall: Counter = Counter()
-    by_language: dict[str | None, Counter] = defaultdict(Counter)
-    by_period: dict[int | None, Counter] = defaultdict(Counter)
-    for (period, language, label), n in counts.sentiment.items():
-        overall[label] += n
-        by_language[language][label] += n
-        by_period[period][label] += n
-    unexpected = sorted(label for label in overall if label is not None and label not in labels)
-    if unexpected:
-        notes.append(f"sentiment labels outside {', '.join(labels)}: {', '.join(unexpected)} (shown after them)")
-    order = [*labels, *unexpected]
-    section: dict[str, Any] = {
-        "labels": order,
-        "unexpected_labels": unexpected,
-        "negative_label": options.negative_label,
-        "overall": {
-            **label_block(overall, order),
-            "unlabelled": overall.get(None, 0),
-            "skipped": counts.sentiment_skipped,
-            "failed": counts.sentiment_failed,
-        },
-        "by_language": [
-            {"language": language, **label_block(by_label, order)}
-            for language, by_label in sorted(by_language.items(), key=lambda item: (-sum(item[1].values()), str(item[0])))
-        ],
-        "over_time": None,
-        "alerts": None,
-    }
-    if roles.time is not None:
-        section["over_time"], section["alerts"] = timeline(counts, by_period, roles, order, options, notes)
-    return section
-
-
-def timeline(
-    counts: Counts,
-    by_period: dict[int | None, Counter],
-    roles: Roles,
-    labels: list[str],
-    options: ReportOptions,
-    notes: list[str],
-) -> tuple[dict[str, Any], dict[str, Any]]:
+def timeline(counts: Counts, roles: Roles, notes: list[str]) -> list[int]:
     """Every period from the first to the last (empty ones included: the alarm's window
-    counts periods), with label counts, and the alert series over them."""
-    starts = sorted(period for period in by_period if period is not None)
+    counts periods), the same for every task and segment."""
+    if roles.time is None:
+        return []
+    starts = sorted(period for period in counts.periods if period is not None)
     step = period_step_us(roles.freq)
     if starts and (span := (starts[-1] - starts[0]) // step + 1) > MAX_PERIODS:
         first, last = period_label(starts[0], roles.freq), period_label(starts[-1], roles.freq)
@@ -252,111 +211,16 @@ def timeline(
             f"--time-column {roles.time}: values span {first} .. {last}, {span} {roles.freq} periods, more than "
             f"{MAX_PERIODS}; check the column for bad timestamps, or use --freq day"
         )
-    periods = []
-    if starts:
-        for start in range(starts[0], starts[-1] + step, step):
-            block = label_block(by_period.get(start, Counter()), labels)
-            periods.append({"period": period_label(start, roles.freq), **block})
-    without_time = sum(by_period.get(None, Counter()).values())
+    without_time = counts.periods.get(None, 0)
     if without_time:
         notes.append(
             f"{without_time} rows have no usable {roles.time} ({counts.times_unreadable} unreadable); "
             "they count overall and by language but not over time"
         )
-    negative = options.negative_label
-    series = negative_share_series(
-        [(p["period"], p["labelled"], p["counts"][negative]) for p in periods], options.alert
-    )
-    over_time = {
-        "time_column": roles.time,
-        "freq": roles.freq,
-        "timezone": "UTC",
-        "rows_without_time": without_time,
-        "unreadable_times": counts.times_unreadable,
-        "periods": periods,
-    }
-    alert_section = {
-        "negative_label": negative,
-        "settings": options.alert.to_dict(),
-        "series": [item.to_dict() for item in series],
-        "alerts": [item.to_dict() for item in alerts(series)],
-    }
-    return over_time, alert_section
+    return list(range(starts[0], starts[-1] + step, step)) if starts else []
 
 
-def translation_section(counts: Counts, roles: Roles) -> dict[str, Any]:
-    return {
-        "source_text_column": roles.text,
-        "targets": [target_block(counts, roles, target) for target in roles.targets],
-        "by_source_language": source_language_rows(counts),
-    }
-
-
-def target_block(counts: Counts, roles: Roles, target: str) -> dict[str, Any]:
-    """One target language: outcomes, flags, and length ratios (overall and per source language)."""
-    result = counts.targets.get(target, TargetCounts())
-    by_source = sorted(result.ratios.items(), key=lambda item: (-item[1].count, str(item[0])))
-    histogram = result.all_ratios()
-    return {
-        "language": target,
-        "column": translation_column(target),
-        "rows": counts.rows,
-        "translated": result.translated,
-        "skipped": result.skipped,
-        "failed": result.failed,
-        "missing": counts.rows - result.translated - result.skipped - result.failed,
-        "flagged": result.flagged if target in roles.flagged_targets else None,
-        "flags": dict(result.flags.most_common()),
-        "length_ratio": ratio_summary(histogram) if roles.text else None,
-        "length_ratio_by_source_language": [
-            {"language": language, **ratio_summary(h, brief=True)} for language, h in by_source
-        ],
-        "length_ratio_histogram": ratio_histogram(histogram) if roles.text else None,
-    }
-
-
-def source_language_rows(counts: Counts) -> list[dict[str, Any]]:
-    """Rows, and rows whose translation was skipped, failed or flagged, per source language."""
-    languages = {language for language, _ in counts.languages}
-    ordered = sorted(languages, key=lambda language: (-counts.languages[(language, "rows")], str(language)))
-    whats = ("rows", "skipped", "failed", "flagged")
-    return [{"language": language, **{what: counts.languages[(language, what)] for what in whats}} for language in ordered]
-
-
-def ratio_summary(histogram: RatioHistogram, brief: bool = False) -> dict[str, Any]:
-    """Quantiles of output chars / source chars (to within ~2%: see aggregate.RatioHistogram)."""
-    def q(value: float) -> float | None:
-        result = histogram.quantile(value)
-        return None if result is None else round(result, 3)
-
-    if brief:
-        return {"count": histogram.count, "p05": q(0.05), "median": q(0.5), "p95": q(0.95)}
-    empty = histogram.count == 0
-    outside = histogram.share_outside(*RATIO_NORMAL)
-    return {
-        "count": histogram.count,
-        "mean": None if empty else round(histogram.total / histogram.count, 3),
-        "min": None if empty else round(histogram.low, 3),
-        "p05": q(0.05),
-        "p25": q(0.25),
-        "median": q(0.5),
-        "p75": q(0.75),
-        "p95": q(0.95),
-        "max": None if empty else round(histogram.high, 3),
-        "outside": {
-            "low": RATIO_NORMAL[0],
-            "high": RATIO_NORMAL[1],
-            "share": None if outside is None else round(outside, 4),
-        },
-    }
-
-
-def ratio_histogram(histogram: RatioHistogram) -> dict[str, Any]:
-    """The histogram at coarser bins, for charts and for machines that want the shape."""
-    merged = histogram.bins.reshape(RATIO_BINS // HISTOGRAM_MERGE, HISTOGRAM_MERGE).sum(axis=1)
-    width = (RATIO_LOG2_MAX - RATIO_LOG2_MIN) / len(merged)
-    edges = [round(2 ** (RATIO_LOG2_MIN + i * width), 5) for i in range(len(merged) + 1)]
-    return {"edges": edges, "counts": [int(n) for n in merged], "scale": "log2"}
+# --- the frame's sections -------------------------------------------------------------------
 
 
 def outcomes_section(counts: Counts) -> dict[str, Any]:
@@ -365,6 +229,8 @@ def outcomes_section(counts: Counts) -> dict[str, Any]:
         "failed_by_task": dict(counts.failed_by_task.most_common()),
         "skipped": dict(counts.skip_reasons.most_common()),
         "error_examples": counts.error_examples,
+        "rows_without_time": counts.periods.get(None, 0) if counts.periods else None,
+        "unreadable_times": counts.times_unreadable,
     }
 
 
@@ -381,8 +247,9 @@ def run_section(summary: Any, counts: Counts, notes: list[str]) -> dict[str, Any
         return None
     section = {name: summary.get(name) for name in SUMMARY_FIELDS if name in summary}
     job = summary.get("job") if isinstance(summary.get("job"), dict) else {}
+    configured = job.get("tasks") if isinstance(job.get("tasks"), dict) else {}
     section["job_name"] = job.get("name")
-    section["tasks"] = sorted(name for name, cfg in (job.get("tasks") or {}).items() if cfg)
+    section["tasks"] = sorted(name for name, cfg in configured.items() if cfg)
     section["unreadable_inputs"] = summary.get("unreadable_inputs") or []
     section["models"] = sorted({engine.get("model") for engine in summary.get("engines") or [] if engine.get("model")})
     if isinstance(summary.get("rows_out"), int) and summary["rows_out"] != counts.rows:

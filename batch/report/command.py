@@ -1,5 +1,5 @@
 """`python -m batch report OUTPUT_URI`: the click command. Parsing and printing only; the
-work is in build.py (data), charts.py and page.py (presentation).
+work is in build.py (data), charts.py and page.py (presentation), notify.py (the POST).
 
 Register it with `main.add_command(report)` in batch/cli.py. Heavy imports (matplotlib,
 numpy) happen when the command runs, so `python -m batch --help` stays fast.
@@ -12,9 +12,11 @@ import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
-EXIT_FAILED = 1
+EXIT_FAILED = 1  # no report: a bad option, an unreadable output
 EXIT_ALERT = 3  # with --fail-on-alert: the report was written, and some period alerted
+EXIT_NOTIFY_FAILED = 4  # the report was written, but the --notify POST failed (alerts may be unseen)
 
 
 @click.command("report")
@@ -27,64 +29,87 @@ EXIT_ALERT = 3  # with --fail-on-alert: the report was written, and some period 
               help="Period of the timeline and of the alert window (UTC).")
 @click.option("--lang-column", "--language-column", "lang_column", metavar="COLUMN",
               help="Language column.  [default: source_lang when present]")
+@click.option("--segment", "segments", multiple=True, metavar="COLUMN",
+              help="Watch the share per value of this column too (repeatable: --segment lang --segment topic); "
+                   "a list column counts a row in each of its values.")
+@click.option("--label-column", "label_columns", multiple=True, metavar="COLUMN",
+              help="Report this label column (repeatable; e.g. gold labels) instead of the run's label tasks.  "
+                   "[default: the run's label tasks from _summary.json, else columns X with X_probs]")
 @click.option("--labels", metavar="A,B,C",
-              help="Sentiment labels, in order.  "
-                   "[default: the run's labels from _summary.json, else negative,neutral,positive]")
-@click.option("--negative-label", default="negative", show_default=True, help="The label the alarm watches.")
+              help="Labels in order, for the one label task reported.  "
+                   "[default: the run's labels from _summary.json, else the labels found]")
+@click.option("--watch-label", "--negative-label", "watch_label", default="negative", show_default=True,
+              help="The label the alarm watches, in every label task that has it.")
 @click.option("--alert-threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
               show_default=True,
-              help="Alert when a period's negative share exceeds its baseline by more than this "
+              help="Alert when a period's watched share exceeds its baseline by more than this "
                    "(absolute, 0.2 = 20 points).")
 @click.option("--window", type=click.IntRange(min=1), default=7, show_default=True,
-              help="Baseline: the pooled negative share of this many previous periods.")
-@click.option("--min-count", type=click.IntRange(min=1), default=20, show_default=True,
-              help="Periods (and baselines) with fewer labelled rows never alert.")
+              help="Baseline: the pooled watched share of this many previous periods.")
+@click.option("--min-volume", "--min-count", "min_volume", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Periods (and baselines) with fewer labelled rows never alert, overall or in a segment.")
 @click.option("--text-column", metavar="COLUMN",
               help="Source text column, for translation length ratios.  "
                    "[default: the run's text column, else text]")
 @click.option("--endpoint-url", metavar="URL", help="S3-compatible endpoint.  [default: $AWS_ENDPOINT_URL, else AWS]")
 @click.option("--region", help="S3 region.  [default: $AWS_REGION / $AWS_DEFAULT_REGION]")
 @click.option("--fail-on-alert", is_flag=True, help=f"Exit with status {EXIT_ALERT} when any period alerts (for schedulers).")
+@click.option("--notify", "notify_url", metavar="URL",
+              help=f"POST the alerts as JSON to this http(s) URL when there are any; exit {EXIT_NOTIFY_FAILED} "
+                   "if the POST fails.")
+@click.pass_context
 def report(
+    ctx: click.Context,
     output_uri: str,
     out_dir: Path,
     time_column: str | None,
     freq: str,
     lang_column: str | None,
+    segments: tuple[str, ...],
+    label_columns: tuple[str, ...],
     labels: str | None,
-    negative_label: str,
+    watch_label: str,
     alert_threshold: float,
     window: int,
-    min_count: int,
+    min_volume: int,
     text_column: str | None,
     endpoint_url: str | None,
     region: str | None,
     fail_on_alert: bool,
+    notify_url: str | None,
 ) -> None:
-    """Report on a published OUTPUT_URI (local folder or s3://): sentiment distribution by
-    language and over time with negative-spike alerts, translation outcomes and length
-    ratios. Writes report.html (self-contained, charts inside) and report.json to --out."""
+    """Report on a published OUTPUT_URI (local folder or s3://): per task, label distributions
+    by language and over time with alerts on the watched label's share (overall and per
+    --segment value), translation outcomes and length ratios. Writes report.html
+    (self-contained, charts inside) and report.json to --out."""
     from batch.config import ConfigError, StorageConfig
     from batch.io.storage import StorageError
     from batch.report.alerts import AlertSettings
     from batch.report.build import ReportOptions, build_report
     from batch.report.charts import render_charts
+    from batch.report.notify import NotifyError, check_url, post_alerts
     from batch.report.page import render_page
+    from batch.report.sections import KINDS
     from batch.report.source import ReportError
 
     try:
+        if notify_url is not None:
+            check_url(notify_url)
         options = ReportOptions(
             time_column=time_column,
             freq=freq,
             language_column=lang_column,
             labels=parse_labels(labels),
-            negative_label=negative_label,
-            alert=AlertSettings(threshold=alert_threshold, window=window, min_count=min_count),
+            watch_label=watch_label,
+            watch_label_given=ctx.get_parameter_source("watch_label") != ParameterSource.DEFAULT,
+            alert=AlertSettings(threshold=alert_threshold, window=window, min_count=min_volume),
             text_column=text_column,
+            segments=segments,
+            label_columns=label_columns,
         )
         storage = StorageConfig(endpoint_url=endpoint_url, region=region)
         data = build_report(output_uri, options, storage)
-    except (ReportError, StorageError, ConfigError) as exc:
+    except (ReportError, StorageError, ConfigError, NotifyError) as exc:
         click.echo(f"FAILED: {exc}", err=True)
         sys.exit(EXIT_FAILED)
 
@@ -95,11 +120,21 @@ def report(
     html_path.write_text(render_page(data, charts), encoding="utf-8")
     json_path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
-    for line in summary_lines(data):
-        click.echo(line)
+    click.echo(f"{data['output_uri']}: {data['rows']:,} rows in {data['files']} files")
+    for section in data["tasks"].values():
+        for line in KINDS[section["kind"]].lines(section):
+            click.echo(line)
+    for note in data["notes"]:
+        click.echo(f"  note: {note}")
     click.echo(f"wrote {html_path} and {json_path}")
-    found = ((data.get("sentiment") or {}).get("alerts") or {}).get("alerts") or []
-    if fail_on_alert and found:
+    if notify_url is not None and data["alerts"]:
+        try:
+            post_alerts(notify_url, data)
+            click.echo(f"notified {notify_url} of {len(data['alerts'])} alert(s)")
+        except NotifyError as exc:
+            click.echo(f"FAILED: {exc}", err=True)
+            sys.exit(EXIT_NOTIFY_FAILED)
+    if fail_on_alert and data["alerts"]:
         sys.exit(EXIT_ALERT)
 
 
@@ -114,32 +149,3 @@ def parse_labels(text: str | None) -> tuple[str, ...] | None:
             f"--labels {text}: expected two or more distinct, comma-separated labels, e.g. negative,neutral,positive"
         )
     return labels
-
-
-def summary_lines(data: dict) -> list[str]:
-    """What a terminal (or a scheduler's log) should show without opening the page."""
-    lines = [f"{data['output_uri']}: {data['rows']:,} rows in {data['files']} files"]
-    sentiment = data.get("sentiment")
-    if sentiment:
-        overall = sentiment["overall"]
-        shares = ", ".join(f"{label} {share:.1%}" for label, share in overall["shares"].items() if share is not None)
-        lines.append(f"  sentiment: {overall['labelled']:,} labelled" + (f" ({shares})" if shares else ""))
-        alert_section = sentiment.get("alerts")
-        if alert_section:
-            for item in alert_section["alerts"]:
-                lines.append(
-                    f"  ALERT {item['period']}: {sentiment['negative_label']} {item['share']:.1%} of {item['rows']:,} rows, "
-                    f"baseline {item['baseline']:.1%} (+{item['jump']:.1%})"
-                )
-            if not alert_section["alerts"]:
-                lines.append("  no alerts")
-    translation = data.get("translation")
-    if translation:
-        for target in translation["targets"]:
-            lines.append(
-                f"  {target['column']}: {target['translated']:,} translated, {target['skipped']:,} skipped, "
-                f"{target['failed']:,} failed" + (f", {target['flagged']:,} flagged" if target["flagged"] else "")
-            )
-    for note in data["notes"]:
-        lines.append(f"  note: {note}")
-    return lines

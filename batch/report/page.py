@@ -3,7 +3,9 @@
 Self-contained means: the page references nothing outside itself (no scripts, fonts,
 stylesheets or images fetched from anywhere); charts are PNGs inside `data:` URIs and the
 style is inline, so the file reads the same attached to a ticket, opened offline, or served
-from a bucket. Every value from the data is escaped. (Named page.py, not html.py, so that
+from a bucket. Every value from the data is escaped. The page is a frame (header, alerts, notes, run, row
+outcomes) around one section per task, which the task's kind draws (batch/report/sections/).
+(Named page.py, not html.py, so that
 `import html` here is the standard library.)
 """
 
@@ -14,6 +16,7 @@ import html
 from typing import Any, Iterable, Sequence
 
 from batch.report.charts import Chart
+from batch.report.sections import KINDS
 
 STYLE = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif;
@@ -48,8 +51,7 @@ def render_page(report: dict[str, Any], charts: Sequence[Chart]) -> str:
         *header(report),
         *notes(report),
         *run_summary(report),
-        *sentiment(report, by_id),
-        *translation(report, by_id),
+        *task_sections(report, by_id),
         *outcomes(report),
         '<p class="small">The same figures, for machines: <code>report.json</code> next to this page.</p>',
         "</body></html>",
@@ -116,31 +118,36 @@ def language(value: str | None) -> str:
 
 
 def header(report: dict[str, Any]) -> list[str]:
-    kinds = [name for name in ("sentiment", "translation") if report.get(name)]
+    names = list(report["tasks"]) or ["no task columns"]
     state = "published (_SUCCESS present)" if report["published"] else "<strong>not published</strong> (no _SUCCESS)"
     lines = [
-        f"<h1>Output report: {esc(' + '.join(kinds))}</h1>",
+        f"<h1>Output report: {esc(' + '.join(names))}</h1>",
         f'<p class="meta"><code>{esc(report["output_uri"])}</code><br>'
         f"{num(report['rows'])} rows in {num(report['files'])} files · {state} · "
         f"generated {esc(report['generated_at'])}</p>",
     ]
-    alert_section = (report.get("sentiment") or {}).get("alerts")
-    if alert_section:
-        found = alert_section["alerts"]
-        settings = alert_section["settings"]
-        rule = (
-            f"{esc(alert_section['negative_label'])} share more than {pct(settings['threshold'])} above the previous "
-            f"{settings['window']} periods, with at least {settings['min_count']} rows"
+    watched = [s for s in report["tasks"].values() if s.get("alerts")]
+    if not watched:
+        return lines
+    settings = watched[0]["alerts"]["settings"]
+    segments = report["columns"].get("segments") or []
+    rule = (
+        f"{esc(report['watch_label'])} share more than {pct(settings['threshold'])} above the previous "
+        f"{settings['window']} periods, with at least {settings['min_count']} labelled rows"
+        + (f"; overall and per {esc(', '.join(segments))}" if segments else "")
+    )
+    found = report["alerts"]
+    if found:
+        items = "".join(
+            f"<li><strong>{esc(a['period'])}</strong> {esc(a['task'])}"
+            + (f" [{esc(a['segment']['column'])} = {esc(a['segment']['value'])}]" if a["segment"] else "")
+            + f": {pct(a['share'])} {esc(a['watch_label'])} of {num(a['rows'])} rows, baseline {pct(a['baseline'])} "
+            f"(+{pct(a['jump'])})</li>"
+            for a in found
         )
-        if found:
-            items = "".join(
-                f"<li><strong>{esc(a['period'])}</strong>: {pct(a['share'])} {esc(alert_section['negative_label'])} "
-                f"of {num(a['rows'])} rows, baseline {pct(a['baseline'])} (+{pct(a['jump'])})</li>"
-                for a in found
-            )
-            lines.append(f'<div class="box alert"><strong>{len(found)} alert(s)</strong> ({rule}):<ul>{items}</ul></div>')
-        else:
-            lines.append(f'<div class="box ok">No alerts ({rule}).</div>')
+        lines.append(f'<div class="box alert"><strong>{len(found)} alert(s)</strong> ({rule}):<ul>{items}</ul></div>')
+    else:
+        lines.append(f'<div class="box ok">No alerts ({rule}).</div>')
     return lines
 
 
@@ -177,103 +184,10 @@ def run_summary(report: dict[str, Any]) -> list[str]:
     return lines + [f"<table><tbody>{body}</tbody></table>"]
 
 
-def sentiment(report: dict[str, Any], charts: dict[str, Chart]) -> list[str]:
-    section = report.get("sentiment")
-    if not section:
-        return []
-    labels = section["labels"]
-    overall = section["overall"]
-    lines = ["<h2>Sentiment</h2>", "<h3>Overall</h3>"]
-    lines.append(
-        table(
-            ["rows", "labelled", *labels, "unlabelled", "of which skipped", "of which failed"],
-            [[num(overall["rows"]), num(overall["labelled"]),
-              *(f"{num(overall['counts'][l])} ({pct(overall['shares'][l])})" for l in labels),
-              num(overall["unlabelled"]), num(overall["skipped"]), num(overall["failed"])]],
-        )  # fmt: skip
-    )
-    lines += figure(charts.get("sentiment_overall"))
-    lines.append(f"<h3>By language {language_column(report)}</h3>")
-    lines.append(
-        table(
-            ["language", "rows", "labelled", *(f"{l} share" for l in labels)],
-            [[language(row["language"]), num(row["rows"]), num(row["labelled"]), *(pct(row["shares"][l]) for l in labels)]
-             for row in section["by_language"]],
-        )  # fmt: skip
-    )
-    lines += figure(charts.get("sentiment_by_language"))
-    over_time = section.get("over_time")
-    if not over_time:
-        lines.append("<p>No time column given (<code>--time-column</code>): no timeline and no alerts.</p>")
-        return lines
-    lines.append(
-        f'<h3>Over time <span class="small">(by {esc(over_time["time_column"])}, '
-        f'per {esc(over_time["freq"])}, UTC)</span></h3>'
-    )
-    lines += figure(charts.get("sentiment_over_time"))
-    lines += figure(charts.get("negative_share"))
-    alert_section = section["alerts"]
-    flagged = [("alerted" if item["alert"] else "") for item in alert_section["series"]]
-    lines.append(
-        table(
-            ["period", "labelled rows", alert_section["negative_label"], "share", "baseline", "baseline rows", "jump",
-             "alert"],
-            [[esc(i["period"]), num(i["rows"]), num(i["negatives"]), pct(i["share"]), pct(i["baseline"]),
-              num(i["baseline_rows"]), pct(i["jump"]), "ALERT" if i["alert"] else ""]
-             for i in alert_section["series"]],
-            flagged,
-        )  # fmt: skip
-    )
-    return lines
-
-
-def translation(report: dict[str, Any], charts: dict[str, Chart]) -> list[str]:
-    section = report.get("translation")
-    if not section:
-        return []
-    lines = ["<h2>Translation</h2>", "<h3>Per target language</h3>"]
-    rows = []
-    for t in section["targets"]:
-        summary = t["length_ratio"] or {}
-        outside = (summary.get("outside") or {}).get("share")
-        rows.append(
-            [esc(t["column"]), num(t["rows"]), num(t["translated"]), num(t["skipped"]), num(t["failed"]), num(t["missing"]),
-             num(t["flagged"]), ratio(summary.get("p05")), ratio(summary.get("median")), ratio(summary.get("p95")),
-             pct(outside)]
-        )  # fmt: skip
-    lines.append(
-        table(["column", "rows", "translated", "skipped", "failed", "missing", "flagged",
-               "ratio p5", "ratio median", "ratio p95", "ratio <0.5 or >2"], rows)  # fmt: skip
-    )
-    if section["source_text_column"] is None:
-        lines.append("<p>No source text column found: length ratios left out (see <code>--text-column</code>).</p>")
-    lines += figure(charts.get("translation_outcomes"))
-    lines.append(f"<h3>By source language {language_column(report)}</h3>")
-    lines.append(
-        table(
-            ["language", "rows", "skipped", "failed", "flagged"],
-            [[language(r["language"]), num(r["rows"]), num(r["skipped"]), num(r["failed"]), num(r["flagged"])]
-             for r in section["by_source_language"]],
-        )  # fmt: skip
-    )
-    lines += figure(charts.get("translation_by_language"))
-    if any(t["length_ratio"] for t in section["targets"]):
-        lines.append(
-            f"<h3>Length ratio <span class=\"small\">(characters of output / characters of "
-            f"{esc(section['source_text_column'])}; quantiles to within ~2%)</span></h3>"
-        )
-        lines += figure(charts.get("length_ratio"))
-        for t in section["targets"]:
-            lines.append(f"<p><strong>{esc(t['column'])}</strong> by source language:</p>")
-            lines.append(
-                table(["language", "rows", "p5", "median", "p95"],
-                      [[language(r["language"]), num(r["count"]), ratio(r["p05"]), ratio(r["median"]), ratio(r["p95"])]
-                       for r in t["length_ratio_by_source_language"]])  # fmt: skip
-            )
-    for t in section["targets"]:
-        if t["flags"]:
-            lines.append(f"<p><strong>{esc(t['column'])}</strong> flags:</p>")
-            lines.append(table(["flag", "rows"], [[esc(flag), num(n)] for flag, n in t["flags"].items()]))
+def task_sections(report: dict[str, Any], charts: dict[str, Chart]) -> list[str]:
+    lines = []
+    for section in report["tasks"].values():
+        lines += KINDS[section["kind"]].html(section, charts, report)
     return lines
 
 
