@@ -657,3 +657,20 @@ def format_score(report: dict[str, Any]) -> str:
             )
         )
     return "\n\n".join(parts)
+
+
+def evaluate(read, uri: str, task: dict[str, Any], *, prediction: str | None, gold: str | None,
+             by: str | None, tokenize: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """`python -m batch eval --task <label task>`: `read(uri, columns, optional)` gives the
+    columns of the output; the prediction column defaults to the task's own."""
+    name = task["name"]
+    prediction = prediction or (task.get("column") if name != KIND else None)
+    if not prediction:
+        raise ValueError(f"--task {name} needs --prediction COLUMN (the label column to score)")
+    if not gold:
+        raise ValueError(f"--task {name} needs --gold COLUMN (e.g. gold_sentiment)")
+    data = read(uri, [prediction, gold] + ([by] if by else []))
+    groups = [None if g is None else str(g) for g in data.column(by).to_pylist()] if by else None
+    labels = task.get("labels")
+    report = score(data.column(prediction).to_pylist(), data.column(gold).to_pylist(), labels, groups, task=name)
+    return {**report, "prediction": prediction, "gold": gold, "group_by": by}

@@ -558,3 +558,34 @@ def format_score(report: dict[str, Any]) -> str:
         listed = ", ".join(f"{flag} {n}" for flag, n in report["flags"].items()) or "none"
         notes.append(f"flagged rows {report['flagged_rows']}: {listed}")
     return "\n".join([head, *notes])
+
+
+def evaluate(read, uri: str, task: dict[str, Any], *, prediction: str | None, gold: str | None,
+             by: str | None, tokenize: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """`python -m batch eval --task translation`: the hypothesis is a `translation_<lang>`
+    column, its reference `reference_<lang>` unless named; grouped by source_lang by default."""
+    hypothesis, reference = prediction, gold
+    if not hypothesis:
+        raise ValueError("--task translation needs --hypothesis COLUMN (e.g. translation_en)")
+    language = match.group(1) if (match := re.fullmatch(r"translation_(\w+)", hypothesis)) else None
+    if not reference:
+        if language is None:
+            raise ValueError("--reference COLUMN is needed when --hypothesis is not translation_<lang>")
+        reference = f"reference_{language}"
+    columns = [hypothesis, reference] + ([by] if by else [])
+    optional = [flags_column_of(hypothesis)] + ([] if by else ["source_lang"])
+    data = read(uri, columns, optional)
+    group_column = by or ("source_lang" if "source_lang" in data.column_names else None)
+    flags = flags_column_of(hypothesis)
+    report = score(
+        data.column(hypothesis).to_pylist(),
+        data.column(reference).to_pylist(),
+        groups=[None if g is None else str(g) for g in data.column(group_column).to_pylist()] if group_column else None,
+        flags=data.column(flags).to_pylist() if flags in data.column_names else None,
+        tokenize=tokenize or bleu_tokenizer(language),
+    )
+    return {**report, "hypothesis": hypothesis, "reference": reference, "group_by": group_column}
+
+
+def flags_column_of(hypothesis: str) -> str:
+    return f"{hypothesis}_flags"
