@@ -208,3 +208,48 @@ def test_eval_through_the_batch_command_line(tmp_path):
     result = CliRunner().invoke(main, ["eval", str(out), "--task", "sentiment", "--gold", "gold_sentiment"])
     assert result.exit_code == 0, result.output
     assert "macro-F1 0.6556" in result.output
+
+
+# --- per group, and label tasks by name ----------------------------------------------------
+
+
+def test_eval_sentiment_by_language(tmp_path):
+    """fr: gold positive x3, predicted positive, positive, negative -> accuracy 2/3; F1 positive
+    0.8, negative 0 (predicted, never gold) -> macro 0.4. de: gold negative, negative, neutral,
+    predicted negative, neutral, neutral -> F1 2/3 each -> macro 2/3."""
+    out = tmp_path / "out"
+    write_output(None, str(out))
+    report_path = tmp_path / "by.json"
+    result = CliRunner().invoke(eval_command, [str(out), "--task", "sentiment", "--gold", "gold_sentiment",
+                                               "--by", "source_lang", "--json", str(report_path)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    assert report["group_by"] == "source_lang" and list(report["by_group"]) == ["de", "fr"]  # equal size: by name
+    assert report["by_group"]["fr"] == pytest.approx({"scored": 3, "accuracy": 2 / 3, "macro_f1": 0.4})
+    assert report["by_group"]["de"] == pytest.approx({"scored": 3, "accuracy": 2 / 3, "macro_f1": 2 / 3})
+    assert report["macro_f1"] == pytest.approx(59 / 90), "the overall score is unchanged by grouping"
+    assert "source_lang" in result.output and "0.4000" in result.output
+
+
+def test_eval_a_multi_label_task_named_in_the_run_summary(tmp_path):
+    """a: tp 2, predicted 3, gold 2 -> F1 0.8; b: tp 1, predicted 1, gold 2 -> F1 2/3;
+    micro: tp 3 of 4 predicted, 4 gold -> 0.75; exact match 2 of 4 rows."""
+    out = tmp_path / "out"
+    rows = [{"topic": p, "gold_topic": g, "lang": lang} for p, g, lang in [
+        (["a"], ["a"], "en"), (["a"], ["a", "b"], "en"), (["a", "b"], ["b"], "fr"), ([], [], "fr")]]  # fmt: skip
+    write_corpus(None, str(out), rows, files=1)
+    (out / "_summary.json").write_text(json.dumps(
+        {"tasks": [{"name": "topic", "kind": "label", "column": "topic", "labels": ["a", "b"], "multi": True}]}))
+    report_path = tmp_path / "topic.json"
+    result = CliRunner().invoke(eval_command, [str(out), "--task", "topic", "--gold", "gold_topic", "--by", "lang",
+                                               "--json", str(report_path)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    assert report["multi"] is True and report["prediction"] == "topic"
+    assert report["macro_f1"] == pytest.approx((0.8 + 2 / 3) / 2) and report["micro_f1"] == pytest.approx(0.75)
+    assert report["exact_match"] == pytest.approx(0.5)
+    assert report["by_group"]["en"]["exact_match"] == pytest.approx(0.5)
+    assert "micro-F1 0.7500" in result.output
+
+    unknown = CliRunner().invoke(eval_command, [str(out), "--task", "emotion", "--gold", "gold_topic"])
+    assert unknown.exit_code != 0 and "--task emotion: neither a task kind (label, translation) nor a task of this output (topic)" in unknown.output

@@ -579,12 +579,18 @@ def _f1(tp: int, predicted: int, support: int) -> dict[str, float | int]:
     return {"precision": precision, "recall": recall, "f1": f1, "support": support}
 
 
+def _classes(labels: Sequence[str] | None, seen: set) -> list[str]:
+    """The labels scored: those seen in gold or predictions (a label in neither has no F1
+    to speak of, so it does not drag macro-F1 down), in the configured order, then others."""
+    return [label for label in labels or [] if label in seen] + sorted(seen - set(labels or []))
+
+
 def _score_single(predictions: Sequence[str | None], gold: Sequence[str | None], labels: Sequence[str] | None) -> dict:
     pairs = [(g, p) for g, p in zip(gold, predictions) if g is not None]
     if not pairs:
         raise ValueError("no row has a gold label")
     seen = {g for g, _ in pairs} | {p for _, p in pairs if p is not None}
-    classes = list(labels or []) + sorted(seen - set(labels or []))
+    classes = _classes(labels, seen)
     columns = classes + ([MISSING] if any(p is None for _, p in pairs) else [])
     counts = Counter((g, p if p is not None else MISSING) for g, p in pairs)
     per_class = {
@@ -608,7 +614,7 @@ def _score_multi(predictions: Sequence[Any], gold: Sequence[Any], labels: Sequen
     if not pairs:
         raise ValueError("no row has a gold label")
     seen = set().union(*(g | p for g, p in pairs))
-    classes = list(labels or []) + sorted(seen - set(labels or []))
+    classes = _classes(labels, seen)
     per_class = {
         c: _f1(sum(1 for g, p in pairs if c in g and c in p), sum(1 for _, p in pairs if c in p),
                sum(1 for g, _ in pairs if c in g))
