@@ -249,7 +249,11 @@ def run_section(summary: Any, counts: Counts, notes: list[str]) -> dict[str, Any
     job = summary.get("job") if isinstance(summary.get("job"), dict) else {}
     configured = job.get("tasks") if isinstance(job.get("tasks"), dict) else {}
     section["job_name"] = job.get("name")
-    section["tasks"] = sorted(name for name, cfg in configured.items() if cfg)
+    described = summary.get("tasks") if isinstance(summary.get("tasks"), list) else None
+    if described is not None:
+        section["tasks"] = [f"{item.get('name')} ({item.get('kind')})" for item in described if isinstance(item, dict)]
+    else:
+        section["tasks"] = sorted(name for name, cfg in configured.items() if cfg)
     section["unreadable_inputs"] = summary.get("unreadable_inputs") or []
     section["models"] = sorted({engine.get("model") for engine in summary.get("engines") or [] if engine.get("model")})
     if isinstance(summary.get("rows_out"), int) and summary["rows_out"] != counts.rows:

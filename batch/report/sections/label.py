@@ -34,6 +34,7 @@ LEGACY = {"sentiment": ("negative", "neutral", "positive")}
 PROBS_SUFFIX = "_probs"
 MISSING = "(missing)"
 UNKNOWN_GROUP = "(unknown)"
+MAX_SEGMENT_VALUES = 10_000  # distinct values of one --segment column: more is an id, not a segment
 
 
 # --- which label tasks an output has -------------------------------------------------------
@@ -240,6 +241,11 @@ class LabelTask:
                     item["series"] = [entry.to_dict() for entry in series]
                     item["alerts"] = [entry.to_dict() for entry in alerting(series)]
                 rows.append(item)
+            if len(rows) > MAX_SEGMENT_VALUES:
+                raise ReportError(
+                    f"--segment {column}: {len(rows):,} distinct values, more than {MAX_SEGMENT_VALUES:,}; a segment "
+                    "column is a category (a language, a topic), not an id or free text"
+                )
             rows.sort(key=lambda item: (-item["labelled"], str(item["value"])))
             result.append({"column": column, "watch_label": watch, "min_count": settings.min_count, "values": rows})
         return result
@@ -520,7 +526,8 @@ def html(section: dict[str, Any], charts_by_id: dict[str, Any], report: dict[str
             table(
                 [segment["column"], "labelled rows", segment["watch_label"], "share", "alerts"],
                 [[language(v["value"]), num(v["labelled"]), num(v["watched"]), pct(v["share"]),
-                  esc(", ".join(a["period"] for a in v["alerts"])) if v["series"] is not None else "(too small)"]
+                  esc(", ".join(a["period"] for a in v["alerts"])) if v["series"] is not None or not over_time
+                  else "(too small)"]
                  for v in segment["values"]],
                 flagged,
             )  # fmt: skip
