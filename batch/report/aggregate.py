@@ -164,6 +164,8 @@ def segment_pairs(values: pa.Array) -> Segment:
 
 def mentions_task(outcomes: pa.Array, task: str) -> np.ndarray:
     """Rows whose `skip_reason` / `error` ("task: reason; task: reason") has a part for `task`."""
+    if outcomes.null_count == len(outcomes):  # the usual case: nothing skipped or failed in this batch
+        return np.zeros(len(outcomes), dtype=bool)
     matched = pc.match_substring_regex(outcomes, rf"(^|; ){re.escape(task)}: ")
     return matched.fill_null(False).to_numpy(zero_copy_only=False)
 
