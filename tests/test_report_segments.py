@@ -268,3 +268,20 @@ def test_a_summary_task_of_an_unknown_kind_is_a_note_not_an_error(tmp_path):
     report_data = json.loads((tmp_path / "r" / "report.json").read_text())
     assert list(report_data["tasks"]) == ["sentiment"]
     assert any("task ner: kind 'spans' has no report section" in note for note in report_data["notes"])
+
+
+def test_any_label_can_be_watched(output, tmp_path):
+    """--watch-label tech: the topic task is watched (its share is steady: no alerts), the
+    sentiment task, which has no such label, is not."""
+    code, printed = run(output, "--time-column", "created_at", "--watch-label", "tech", "--segment", "lang",
+                        "--out", str(tmp_path / "r"))  # fmt: skip
+    assert code == 0, printed
+    data = json.loads((tmp_path / "r" / "report.json").read_text())
+    topic, sentiment = data["tasks"]["topic"], data["tasks"]["sentiment"]
+    assert topic["watch_label"] == "tech" and sentiment["watch_label"] is None and sentiment["alerts"] is None
+    shares = {item["share"] for item in topic["alerts"]["series"]}
+    assert shares == {round(26 / sum(VOLUME.values()), 4)} and data["alerts"] == []
+    assert [segment["column"] for segment in topic["segments"]] == ["lang"]
+
+    code, printed = run(output, "--watch-label", "angry", "--out", str(tmp_path / "x"))
+    assert code == 1 and "--watch-label angry: not one of the labels sentiment: negative, neutral, positive; topic:" in printed

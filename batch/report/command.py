@@ -39,7 +39,7 @@ EXIT_NOTIFY_FAILED = 4  # the report was written, but the --notify POST failed (
               help="Labels in order, for the one label task reported.  "
                    "[default: the run's labels from _summary.json, else the labels found]")
 @click.option("--watch-label", "--negative-label", "watch_label", default="negative", show_default=True,
-              help="The label the alarm watches, in every label task that has it.")
+              metavar="LABEL", help="The label the alarm watches, in every label task that has it.")
 @click.option("--alert-threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
               show_default=True,
               help="Alert when a period's watched share exceeds its baseline by more than this "

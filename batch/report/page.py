@@ -3,10 +3,11 @@
 Self-contained means: the page references nothing outside itself (no scripts, fonts,
 stylesheets or images fetched from anywhere); charts are PNGs inside `data:` URIs and the
 style is inline, so the file reads the same attached to a ticket, opened offline, or served
-from a bucket. Every value from the data is escaped. The page is a frame (header, alerts, notes, run, row
-outcomes) around one section per task, which the task's kind draws (batch/report/sections/).
-(Named page.py, not html.py, so that
-`import html` here is the standard library.)
+from a bucket. Every value from the data is escaped.
+
+The page is a frame (header with every alert, notes, run, row outcomes) around one section
+per task, which the task's kind draws (batch/report/sections/). (Named page.py, not
+html.py, so that `import html` here is the standard library.)
 """
 
 from __future__ import annotations
