@@ -117,7 +117,8 @@ class LabelTask:
             watched = pc.equal(label, self.watch).fill_null(False).to_numpy(zero_copy_only=False)
         is_labelled = pa.array(labelled)
         _group(counts.labelled, {"period": periods.filter(is_labelled), "language": language.filter(is_labelled)})
-        for column, segment in batch.segments.items():
+        watchable = self.labels is None or self.watch in self.labels
+        for column, segment in batch.segments.items() if watchable else ():
             keys = pa.table({"value": segment.values, "period": periods.take(pa.array(segment.rows)),
                              "labelled": labelled[segment.rows].astype(np.int64),
                              "watched": (watched & labelled)[segment.rows].astype(np.int64)})  # fmt: skip
