@@ -146,12 +146,14 @@ def resolve_tasks(output: Output, options: ReportOptions, summary: Any, job: dic
     chosen: list[dict] = []  # named on the command line: a problem with one is an error, not a note
     if options.label_columns:
         by_column = {d.get("column") or d["name"]: d for d in descriptions if d.get("kind") == label.KIND}
-        for column in options.label_columns:
+        others = {d["name"] for d in descriptions if d.get("kind") != label.KIND}
+        for column in dict.fromkeys(options.label_columns):
             if column not in output.columns:
                 raise ReportError(
                     f"--label-column {column}: no such column in {output.uri}; columns: {', '.join(output.columns)}"
                 )
-            chosen.append(by_column.get(column) or {"name": column, "kind": label.KIND, "column": column})
+            name = column if column not in others else f"{column} (labels)"  # task names key the counts
+            chosen.append(by_column.get(column) or {"name": name, "kind": label.KIND, "column": column})
         descriptions = [d for d in descriptions if d.get("kind") != label.KIND] + chosen
     tasks = []
     for description in descriptions:
