@@ -110,6 +110,16 @@ class EngineConfig(Strict):
 # in from the task's name by `with_preset` where the name has a preset).
 TaskEntry = Annotated[Union[tuple(kind.Config for kind in KINDS.values())], Field(discriminator="kind")]  # type: ignore[misc]
 
+class TaskMap(dict):
+    """`job.tasks`: task name -> config (None: switched off). A task is also an attribute
+    (`job.tasks.translation`, None when the job has no such task), as before names were free."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self.get(name)
+
+
 # Columns every output has (batch/schema.py): no task may write them.
 RESERVED_COLUMNS = ("error", "skip_reason", "run_id")
 # Old job files named one task of each kind and got translation's columns before sentiment's,
@@ -136,6 +146,11 @@ class JobConfig(Strict):
     @classmethod
     def _presets(cls, tasks: Any) -> Any:
         return {name: with_preset(name, entry) for name, entry in tasks.items()} if isinstance(tasks, dict) else tasks
+
+    @field_validator("tasks", mode="after")
+    @classmethod
+    def _task_map(cls, tasks: dict[str, Any]) -> TaskMap:
+        return TaskMap(tasks)
 
     @model_validator(mode="after")
     def _at_least_one_task(self) -> "JobConfig":
