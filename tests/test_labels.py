@@ -116,6 +116,32 @@ def test_label_task_mistakes_name_the_field(change, message):
         validate_job(definition)
 
 
+def test_scored_label_tasks_beside_a_lora_engine_on_cpu_are_refused_whatever_their_name():
+    from types import SimpleNamespace
+
+    from batch.pipeline import EngineGroup, _check_scoring_beside_lora
+
+    tasks = validate_job(label_tasks("m")).enabled_tasks()
+    group = EngineGroup(SimpleNamespace(model="m", adapters=[("emotion", "lora")]), list(tasks.items()))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="tasks.sentiment: label probabilities"):
+        _check_scoring_beside_lora(group, "cpu")
+    group.tasks = [("topic", tasks["topic"])]
+    with pytest.raises(ConfigError, match="set tasks.topic.probabilities: false"):
+        _check_scoring_beside_lora(group, "cpu")
+    group.tasks = [("topic", tasks["topic"].model_copy(update={"probabilities": False}))]
+    _check_scoring_beside_lora(group, "cpu")  # yes/no decoded under constrained choice: allowed
+
+
+def test_the_social_job_file_validates_on_the_sample_corpus(tmp_path):
+    from batch.demo.corpus import write_sample_corpus
+    from conftest import cli_ok, run_cli
+
+    write_sample_corpus(tmp_path / "in")
+    out = cli_ok(run_cli("validate", "jobs/social_sentiment.yaml", "--input", str(tmp_path / "in"),
+                         "--output", str(tmp_path / "out")))  # fmt: skip
+    assert "task topic: model" in out and "task emotion: model" in out and "OK" in out
+
+
 # --- one row through a label task -----------------------------------------------------------
 
 
