@@ -132,6 +132,20 @@ def test_scored_label_tasks_beside_a_lora_engine_on_cpu_are_refused_whatever_the
     _check_scoring_beside_lora(group, "cpu")  # yes/no decoded under constrained choice: allowed
 
 
+def test_a_multi_label_classifier_must_say_so_in_its_config(tmp_path):
+    from batch.demo.models import build_classifier
+    from batch.pipeline import check_models
+
+    def job(model) -> dict:
+        definition = label_tasks("m")
+        definition["tasks"] = {"topic": {**definition["tasks"]["topic"], "model": str(model), "mode": "classify"}}
+        return validate_job(definition)
+
+    with pytest.raises(ConfigError, match="tasks.topic: multi: true in classify mode needs a multi-label classifier"):
+        check_models(job(build_classifier(tmp_path / "single", list(TOPICS))))
+    check_models(job(build_classifier(tmp_path / "multi", list(TOPICS), multi_label=True)))
+
+
 def test_the_social_job_file_validates_on_the_sample_corpus(tmp_path):
     from batch.demo.corpus import write_sample_corpus
     from conftest import cli_ok, run_cli
