@@ -110,6 +110,7 @@ class EngineConfig(Strict):
 # in from the task's name by `with_preset` where the name has a preset).
 TaskEntry = Annotated[Union[tuple(kind.Config for kind in KINDS.values())], Field(discriminator="kind")]  # type: ignore[misc]
 
+
 class TaskMap(dict):
     """`job.tasks`: task name -> config (None: switched off). A task is also an attribute
     (`job.tasks.translation`, None when the job has no such task), as before names were free."""

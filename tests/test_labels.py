@@ -236,20 +236,35 @@ def test_every_sample_post_has_its_rule_derived_topic():
 # --- one real run: three label tasks, one engine ----------------------------------------------
 
 
-def test_three_label_tasks_share_one_engine(models, tmp_path):
+def test_the_social_job_file_runs_three_label_tasks_on_one_engine(models, tmp_path):
+    """jobs/social_sentiment.yaml itself, its models pointed at the tiny chat model: sentiment,
+    topic (multi-label) and emotion on one engine, with the planted personal data redacted."""
     import json
 
     import ray
     from ray._private.state import actors as actor_table  # GCS view; needs no dashboard
 
+    from batch.config import load_job
     from batch.pipeline import run
     from batch.text.privacy import Masker
     from batch.text.tokens import load_counter
+    from conftest import REPO
+    from test_privacy import PLANTED, leaked
 
     model = str(models["chat"])
-    rows = list(sample_posts())[:48]
+    posts = {post["post_id"]: post for post in sample_posts()}
+    ids = [f"p{i:04d}" for i in range(1, 41)] + list(PLANTED)
+    # reference_en repeats the planted values unmasked; a job would leave it out (input.columns)
+    rows = [{k: v for k, v in posts[post_id].items() if k != "reference_en"} for post_id in ids]
     write_corpus(None, str(tmp_path / "in"), rows, files=2)
-    job = validate_job(label_tasks(model, str(tmp_path / "in"), str(tmp_path / "out")))
+    job = load_job(REPO / "jobs/social_sentiment.yaml", [
+        f"input.uris={tmp_path / 'in'}", f"output.uri={tmp_path / 'out'}",
+        "engine.replicas=1", "engine.accelerator_type=null", "engine.batch_size=32", "engine.max_model_len=1024",
+        f"tasks.sentiment.model={model}", "tasks.sentiment.mode=generate",
+        f"tasks.topic.model={model}", f"tasks.emotion.model={model}",
+    ])  # fmt: skip
+    topic, emotion = job.tasks["topic"], job.tasks["emotion"]
+    assert topic.multi and topic.labels == list(TOPICS) and job.privacy.redact
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     try:
         summary = run(job)
@@ -277,13 +292,14 @@ def test_three_label_tasks_share_one_engine(models, tmp_path):
     out = table.to_pylist()
     assert len(out) == len(rows)
     for row in out:
+        assert not leaked(row["text"]), row["post_id"]  # privacy.redact: placeholders are published
         topic_probs = dict(row["topic_probs"])
         assert list(topic_probs) == list(TOPICS) and all(0 < p < 1 for p in topic_probs.values())
-        assert row["topic"] == [t for t in TOPICS if topic_probs[t] >= 0.5]
+        assert row["topic"] == [t for t in TOPICS if topic_probs[t] >= topic.threshold]
         assert row["topic_confidence"] is None
         emotion_probs = dict(row["emotion_probs"])
         assert math.isclose(sum(emotion_probs.values()), 1.0, abs_tol=1e-6)
         best = max(emotion_probs, key=emotion_probs.get)
-        assert row["emotion"] == (best if emotion_probs[best] >= 0.3 else "none")
+        assert row["emotion"] == (best if emotion_probs[best] >= emotion.min_confidence else "none")
         assert row["sentiment"] in ("negative", "neutral", "positive")
         assert row["topic_model"] == row["emotion_model"] == row["sentiment_model"]
