@@ -12,12 +12,12 @@ import datetime as dt
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from batch.tasks import TASKS
+from batch.tasks import KINDS, PRESETS, build_task, with_preset
 from batch.text.privacy import PrivacyConfig
 
 
@@ -106,14 +106,26 @@ class EngineConfig(Strict):
     )  # fmt: skip
 
 
-def _tasks_model() -> type[BaseModel]:
-    """`tasks:` has one optional key per registered task; a third task adds itself
-    here by its registry line, nothing else changes."""
-    fields: dict[str, Any] = {name: (task.Config | None, None) for name, task in TASKS.items()}
-    return create_model("TasksConfig", __base__=Strict, **fields)
+# One task entry of `tasks:`: the config class of its kind, chosen by its `kind` field (filled
+# in from the task's name by `with_preset` where the name has a preset).
+TaskEntry = Annotated[Union[tuple(kind.Config for kind in KINDS.values())], Field(discriminator="kind")]  # type: ignore[misc]
 
 
-TasksConfig = _tasks_model()
+class TaskMap(dict):
+    """`job.tasks`: task name -> config (None: switched off). A task is also an attribute
+    (`job.tasks.translation`, None when the job has no such task), as before names were free."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self.get(name)
+
+
+# Columns every output has (batch/schema.py): no task may write them.
+RESERVED_COLUMNS = ("error", "skip_reason", "run_id")
+# Old job files named one task of each kind and got translation's columns before sentiment's,
+# whatever their order in the file: kept so; any other task follows in file order.
+_FIRST = {"translation": 0, "sentiment": 1}
 
 
 class JobConfig(Strict):
@@ -123,16 +135,46 @@ class JobConfig(Strict):
     storage: StorageConfig = StorageConfig()
     engine: EngineConfig = EngineConfig()
     cache: CacheConfig = CacheConfig()
-    tasks: TasksConfig  # type: ignore[valid-type]
+    tasks: dict[str, TaskEntry | None] = Field(
+        description="task name -> its config; `kind` says what it does (translation, label)"
+    )
     privacy: PrivacyConfig = PrivacyConfig()  # personal data: batch/text/privacy.py
     max_row_error_rate: float = Field(
         default=0.05, ge=0, le=1, description="above this share of failed rows the run fails instead of publishing"
     )
 
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _presets(cls, tasks: Any) -> Any:
+        return {name: with_preset(name, entry) for name, entry in tasks.items()} if isinstance(tasks, dict) else tasks
+
+    @field_validator("tasks", mode="after")
+    @classmethod
+    def _task_map(cls, tasks: dict[str, Any]) -> TaskMap:
+        return TaskMap(tasks)
+
     @model_validator(mode="after")
     def _at_least_one_task(self) -> "JobConfig":
         if not self.enabled_tasks():
-            raise ValueError(f"tasks: name at least one task; known tasks: {', '.join(TASKS)}")
+            raise ValueError(
+                f"tasks: name at least one task (e.g. sentiment, translation, or any name with kind: {' | '.join(KINDS)})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _distinct_columns(self) -> "JobConfig":
+        owner: dict[str, str] = {name: "the output itself" for name in RESERVED_COLUMNS}
+        for name, config in self.enabled_tasks().items():
+            if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+                raise ValueError(f"tasks.{name}: a task name is lower-case letters, digits and _ (it names columns)")
+            task = build_task(name, config)
+            for column in [field.name for field in task.columns()] + [task.model_column()]:
+                if column in owner:
+                    raise ValueError(
+                        f"tasks.{name}: column {column!r} is also written by {owner[column]}; "
+                        f"give one of them its own column prefix (tasks.<name>.column)"
+                    )
+                owner[column] = f"tasks.{name}"
         return self
 
     @model_validator(mode="after")
@@ -145,7 +187,9 @@ class JobConfig(Strict):
         return self
 
     def enabled_tasks(self) -> dict[str, Any]:
-        return {name: cfg for name in TASKS if (cfg := getattr(self.tasks, name)) is not None}
+        """Task name -> config, in the order their columns are written."""
+        named = sorted(self.tasks.items(), key=lambda item: _FIRST.get(item[0], len(_FIRST)))
+        return {name: config for name, config in named if config is not None}
 
     def redacted(self) -> dict[str, Any]:
         """The job as resolved, for summaries and logs (the job file holds no secrets by design)."""
@@ -238,8 +282,15 @@ def format_validation_error(exc: ValidationError, root: type[BaseModel] | None =
     """One line per error, naming the field; `root` is the model validated (default: a job file)."""
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(part) for part in err["loc"]) or "(top level)"
-        if err["type"] == "extra_forbidden":
+        loc = ".".join(str(part) for part in _shown(err["loc"])) or "(top level)"
+        if err["type"] in ("union_tag_not_found", "union_tag_invalid") and err["loc"][:1] == ("tasks",):
+            name = err["loc"][1]
+            what = "required" if err["type"] == "union_tag_not_found" else f"unknown kind {err['ctx']['tag']!r}"
+            lines.append(
+                f"  tasks.{name}.kind: {what}; kinds: {', '.join(KINDS)} "
+                f"(a task named {' or '.join(PRESETS)} may leave it out)"
+            )
+        elif err["type"] == "extra_forbidden":
             allowed = _allowed_keys(err["loc"][:-1], root or JobConfig)
             hint = f"; allowed here: {', '.join(allowed)}" if allowed else ""
             lines.append(f"  {loc}: unknown key{hint}")
@@ -250,8 +301,18 @@ def format_validation_error(exc: ValidationError, root: type[BaseModel] | None =
     return "\n".join(lines)
 
 
+def _shown(loc: tuple) -> tuple:
+    """An error's location as the job file spells it: without the kind pydantic adds after
+    a task's name (`tasks.topic.label.labels` -> `tasks.topic.labels`)."""
+    if loc[:1] == ("tasks",) and len(loc) > 2 and loc[2] in KINDS:
+        return loc[:2] + loc[3:]
+    return loc
+
+
 def _allowed_keys(loc: tuple, root: type[BaseModel]) -> list[str]:
     model: Any = root
+    if root is JobConfig and loc[:1] == ("tasks",) and len(loc) > 2 and loc[2] in KINDS:
+        model, loc = KINDS[loc[2]].Config, loc[3:]  # a task entry: its kind's config
     for part in loc:
         field = getattr(model, "model_fields", {}).get(part)
         if field is None:

@@ -34,7 +34,7 @@ from batch.config import ConfigError, EngineConfig, JobConfig
 from batch.infer import models
 from batch.infer.engine import resolve_engine_settings
 from batch.infer.models import Weights
-from batch.tasks import TASKS
+from batch.tasks import build_task
 
 # Engine settings that change what the engine says. A new one that does (a quantization
 # setting, say) belongs here; placement and memory settings do not.
@@ -116,7 +116,7 @@ def resolve_run(job: JobConfig, device: str | None = None) -> RunIdentity:
     nowhere else. `device` defaults to the job's (`auto` until Ray is up)."""
     tasks = {}
     for name, config in job.enabled_tasks().items():
-        task = TASKS[name](config)
+        task = build_task(name, config)
         tasks[name] = {"config": config.model_dump(mode="json"), "runner": task.engine_runner(), "adapters": task.adapters()}
     weights = {}
     for name, entry in tasks.items():

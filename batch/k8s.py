@@ -29,7 +29,7 @@ import yaml
 
 from batch.config import ConfigError, JobConfig, load_job, read_yaml_mapping
 from batch.infer.models import is_hub_id
-from batch.tasks import TASKS
+from batch.tasks import build_task
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_TEMPLATE = REPO / "jobs" / "kuberay-nightly-translation.yaml"
@@ -211,7 +211,7 @@ def _job_in_repository(job_file: Path) -> str:
 
 def _refuse_hub_models(job: JobConfig) -> None:
     for name, config in job.enabled_tasks().items():
-        task = TASKS[name](config)
+        task = build_task(name, config)
         for field, uri in [("model", config.model), *((f"adapter {a}", u) for a, u in task.adapters().items())]:
             if is_hub_id(uri):
                 raise RenderError(

@@ -40,7 +40,7 @@ from batch.parse import ParseStage
 from batch.prepare import PrepareStage, TextStageSpec
 from batch.progress import ProgressLine, quiet_ray_data, quiet_workers_env
 from batch.summary import RunSummary
-from batch.tasks import TASKS
+from batch.tasks import build_task
 from batch.text.privacy import missing_hash_columns
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def engine_groups(job: JobConfig, device: str, identity: RunIdentity) -> list[En
     settings = resolve_engine_settings(job.engine, device)
     groups: dict[tuple[str, str], EngineGroup] = {}
     for name, config in job.enabled_tasks().items():
-        task = TASKS[name](config)
+        task = build_task(name, config)
         runner = task.engine_runner()
         key = (config.model, runner)
         if key not in groups:
@@ -111,7 +111,7 @@ def _check_scoring_beside_lora(group: EngineGroup, device: str) -> None:
     if device != "cpu" or not group.spec.adapters:
         return
     for name, config in group.tasks:
-        if TASKS[name](config).scores_continuations():
+        if build_task(name, config).scores_continuations():
             raise ConfigError(
                 f"tasks.{name}: label probabilities (scored prompt log-probabilities) fail in vLLM's CPU build on an "
                 f"engine with LoRA adapters ({', '.join(a for a, _ in group.spec.adapters)} on {group.spec.model}); "
@@ -125,7 +125,7 @@ def check_models(job: JobConfig) -> None:
     (its config.json `id2label`) must map onto the job's labels. Runs before Ray starts."""
     problems = []
     for name, config in job.enabled_tasks().items():
-        task = TASKS[name](config)
+        task = build_task(name, config)
         if task.engine_runner() != "classify":
             continue
         model_config = models.read_config(config.model, job.storage)
@@ -134,7 +134,7 @@ def check_models(job: JobConfig) -> None:
         id2label = model_config.get("id2label") or {}
         if not id2label:
             problems.append(f"tasks.{name}.model {config.model}: config.json has no id2label; is it a classifier?")
-        problems += task.check_model_labels(id2label)
+        problems += task.check_model_config(model_config)
     if problems:
         raise ConfigError("\n".join(problems))
 
@@ -172,7 +172,8 @@ def run(
     started = time.time()
     run_id = run_id or new_run_id()
     location = Location(job.output.uri, job.storage)
-    summary = RunSummary(run_id=run_id, job=job.redacted(), output=job.output.uri, started=started)
+    summary = RunSummary(run_id=run_id, job=job.redacted(), output=job.output.uri, started=started,
+                         tasks=[build_task(name, config).describe() for name, config in job.enabled_tasks().items()])
 
     # Before the lease and before the weights are identified: a published output says so at
     # once, whoever holds or left a lease and whether or not its models are still there.

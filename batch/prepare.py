@@ -28,7 +28,7 @@ from batch.cache import RowCache
 from batch.config import StorageConfig
 from batch.infer import models
 from batch.io.storage import Location
-from batch.tasks import TASKS
+from batch.tasks import build_task
 from batch.tasks.base import Cached, Plan, RowError, Skip, Task, TaskConfig
 from batch.text import privacy
 from batch.text.tokens import TokenCounter, load_counter
@@ -57,7 +57,7 @@ class TextStageSpec:
     privacy: privacy.PrivacyConfig = privacy.PrivacyConfig()
 
     def build_tasks(self, warm_up: bool) -> list[Task]:
-        tasks: list[Task] = [TASKS[name](config) for name, config in self.tasks]
+        tasks: list[Task] = [build_task(name, config) for name, config in self.tasks]
         for task in tasks if warm_up else ():  # load helpers (e.g. the language detector) up front
             task.warm_up()
         return tasks

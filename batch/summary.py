@@ -15,6 +15,9 @@ class RunSummary:
     job: dict[str, Any]
     output: str
     status: str = "running"
+    # what each task is (`Task.describe`): name, kind, and a label task's column, labels and
+    # multi, or translation's targets; the report reads its sections from it
+    tasks: list[dict[str, Any]] = field(default_factory=list)
     started: float = field(default_factory=time.time, repr=False)
     input_files: int = 0
     input_files_resumed: int = 0

@@ -40,9 +40,11 @@ def test_unknown_key_names_it_and_the_allowed_ones(tmp_path):
     assert "labels" in message and "mode" in message
 
 
-def test_unknown_task_lists_known_tasks(tmp_path):
-    with pytest.raises(ConfigError, match=r"tasks.summarise: unknown key; allowed here: translation, sentiment"):
+def test_a_task_without_a_preset_names_its_kind(tmp_path):
+    with pytest.raises(ConfigError, match=r"tasks.summarise.kind: required; kinds: translation, label"):
         load(tmp_path, BASE, "tasks.summarise.model=x")
+    with pytest.raises(ConfigError, match=r"tasks.summarise.kind: unknown kind 'summary'; kinds: translation, label"):
+        load(tmp_path, BASE, "tasks.summarise.model=x", "tasks.summarise.kind=summary")
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import pytest
 
 from batch.config import validate_job
 from batch.demo.corpus import sample_posts
-from batch.tasks import TASKS
+from batch.tasks import build_task
 from batch.text.tokens import load_counter
 from batch.text.privacy import Masker
 from conftest import cli_ok, run_cli, write_corpus, write_job
@@ -141,7 +141,7 @@ def test_job_on_local_files(models, tmp_path):
     distinct = set()
     counter = load_counter(model, 1024, False)  # the job budgets pieces in the model's own tokens
     for name, task_config in config.enabled_tasks().items():
-        task = TASKS[name](task_config)
+        task = build_task(name, task_config)
         task.bind_tokens(counter)
         for row in rows:
             distinct.update(getattr(task.prepare(masker.mask(row["text"]).text), "requests", ()))

@@ -147,7 +147,7 @@ def test_a_100k_character_post_gets_a_label_from_its_chunks(tokenizer):
     assert sum(row["sentiment_probs"].values()) == pytest.approx(1.0)
     assert row["sentiment"] == max(row["sentiment_probs"], key=row["sentiment_probs"].get)
     # the mean is weighted by each chunk's tokens
-    chunks = [task._probabilities(scored(r)) for r in plan.requests]
+    chunks = [task._probabilities([scored(r)]) for r in plan.requests]
     weights = plan.state.weights
     expected = sum(w * p["positive"] for w, p in zip(weights, chunks)) / sum(weights)
     assert row["sentiment_probs"]["positive"] == pytest.approx(expected)

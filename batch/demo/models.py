@@ -78,8 +78,9 @@ def build_causal_lm(out_dir: str | Path, seed: int = 0) -> Path:
     return out_dir
 
 
-def build_classifier(out_dir: str | Path, labels: list[str], seed: int = 0) -> Path:
-    """A random-weight LlamaForSequenceClassification whose `id2label` is `labels`."""
+def build_classifier(out_dir: str | Path, labels: list[str], seed: int = 0, multi_label: bool = False) -> Path:
+    """A random-weight LlamaForSequenceClassification whose `id2label` is `labels`; with
+    `multi_label`, trained-for-multi-label as config.json says it (vLLM: a sigmoid per label)."""
     import torch
     from transformers import LlamaForSequenceClassification
 
@@ -91,6 +92,7 @@ def build_classifier(out_dir: str | Path, labels: list[str], seed: int = 0) -> P
         num_labels=len(labels),
         id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},
+        **({"problem_type": "multi_label_classification"} if multi_label else {}),
     )
     config.architectures = ["LlamaForSequenceClassification"]
     LlamaForSequenceClassification(config).save_pretrained(out_dir, safe_serialization=True)

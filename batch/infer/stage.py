@@ -26,7 +26,7 @@ from batch.config import ConfigError
 from batch.infer.engine import Engine, EngineSpec
 from batch.io.storage import Location
 from batch.prepare import describe
-from batch.tasks import TASKS
+from batch.tasks import build_task
 from batch.tasks.base import Classify, Failure, Generate, Plan, Request, Result, Score, Task, TaskConfig
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class InferenceStage:
     def __init__(self, spec: StageSpec):
         started = time.monotonic()
         self.spec = spec
-        self.tasks: list[Task] = [TASKS[name](config) for name, config in spec.tasks]
+        self.tasks: list[Task] = [build_task(name, config) for name, config in spec.tasks]
         self.engine = Engine(spec.engine)
         if self.engine.labels:  # a classifier: its labels must map onto each task's (hub models land here)
             for task in self.tasks:

@@ -121,15 +121,18 @@ class RowError(Exception):
 
 
 class Task:
-    """Base class of a task. A subclass sets `name`, `Config`, `runner`, and implements
-    `columns`, `prepare` and `parse`."""
+    """Base class of a task kind. A subclass sets `kind`, `Config` (whose `kind` field
+    names it), `runner`, and implements `columns`, `prepare` and `parse`. An instance is
+    one named task of a job (`name`: its key under `tasks:`; default: the class's)."""
 
-    name: ClassVar[str]
+    kind: ClassVar[str]
+    name: str
     Config: ClassVar[type[TaskConfig]]
     runner: ClassVar[Literal["generate", "classify"]] = "generate"
 
-    def __init__(self, config: TaskConfig):
+    def __init__(self, config: TaskConfig, name: str | None = None):
         self.config = config
+        self.name = name or type(self).name
         # The serving model's tokenizer and context (batch/text/tokens.py), bound by the
         # prepare stage; None where no tokenizer is loaded (parse, unit tests): a task then
         # budgets by characters, or sends the text whole.
@@ -165,6 +168,14 @@ class Task:
     def check_model_labels(self, id2label: dict[str, str]) -> list[str]:
         """Problems with a classifier's own labels for this task (classify runner only)."""
         return []
+
+    def check_model_config(self, model_config: dict[str, Any]) -> list[str]:
+        """Problems with a classifier's config.json for this task (classify runner only)."""
+        return self.check_model_labels(model_config.get("id2label") or {})
+
+    def describe(self) -> dict[str, Any]:
+        """What the task is, for the run summary (`tasks`) and the report."""
+        return {"name": self.name, "kind": self.kind}
 
     def engine_runner(self) -> Literal["generate", "classify"]:
         return self.runner

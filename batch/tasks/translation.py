@@ -169,6 +169,7 @@ class Fallback(_Section):
 
 
 class TranslationConfig(TaskConfig):
+    kind: Literal["translation"] = "translation"
     prompt_version: str = Field(default="2", description="bump when editing the prompt; part of the result cache key")
     target_languages: list[str] = Field(
         min_length=1, description="language codes or BCP-47 tags (fr, pt-BR, zh-Hant, es-419), one output column each"
@@ -283,13 +284,14 @@ class _State:
 
 
 class TranslationTask(Task):
+    kind = "translation"
     name = "translation"
     Config = TranslationConfig
 
     config: TranslationConfig
 
-    def __init__(self, config: TranslationConfig):
-        super().__init__(config)
+    def __init__(self, config: TranslationConfig, name: str | None = None):
+        super().__init__(config, name)
         glossary, detection = config.glossary, config.language_detection
         self._terms = {
             lang: terms_from(glossary.do_not_translate, glossary.fixed.get(lang)) for lang in config.target_languages
@@ -312,6 +314,9 @@ class TranslationTask(Task):
             fields.append(pa.field(self.column(lang), pa.string()))
             fields.append(pa.field(self.flags_column(lang), pa.list_(pa.string())))
         return fields
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "targets": list(self.config.target_languages)}
 
     @staticmethod
     def column(lang: str) -> str:
