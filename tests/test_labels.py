@@ -303,3 +303,19 @@ def test_the_social_job_file_runs_three_label_tasks_on_one_engine(models, tmp_pa
         assert row["emotion"] == (best if emotion_probs[best] >= emotion.min_confidence else "none")
         assert row["sentiment"] in ("negative", "neutral", "positive")
         assert row["topic_model"] == row["emotion_model"] == row["sentiment_model"]
+
+    # report and eval read the same real output by its recorded tasks, segmented by language
+    # and by the multi-label topic, and score a label task per language
+    from conftest import cli_ok, run_cli
+
+    cli_ok(run_cli("report", str(tmp_path / "out"), "--out", str(tmp_path / "report"), "--time-column", "created_at",
+                   "--segment", "lang", "--segment", "topic", "--min-volume", "1"))  # fmt: skip
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert set(report["tasks"]) >= {"sentiment", "topic", "emotion"}
+    segments = report["tasks"]["sentiment"]["segments"]
+    assert [segment["column"] for segment in segments] == ["lang", "topic"]
+    scored = cli_ok(run_cli("eval", str(tmp_path / "out"), "--task", "sentiment", "--gold", "gold_sentiment",
+                            "--by", "lang", "--json", str(tmp_path / "eval.json")))  # fmt: skip
+    by_lang = json.loads((tmp_path / "eval.json").read_text())
+    assert "macro" in scored.lower() and len({row["lang"] for row in rows}) > 1
+    assert json.dumps(by_lang).count('"it"') >= 1, "per-language breakdown names each language"
