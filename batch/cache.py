@@ -358,6 +358,25 @@ def compact(store: Store, retention_days: int | None, grace: timedelta, now: dat
     return Compacted(store.folder.uri, fresh.count_rows() if fresh else 0, dropped, files_before, len(store.folder.list_files()))
 
 
+def compact_all(root: Location, retention_days: int | None, grace: timedelta) -> list[Compacted]:
+    return [compact(store, retention_days, grace) for _, _, store in stores(root)]
+
+
+def compact_cache(job, echo) -> None:
+    """After a publish: compact every identity of the job's cache. Never fails the run: a
+    failed compaction leaves a readable cache, and the next one tries again."""
+    try:
+        root = Location(job.cache.uri, job.storage)
+        done = compact_all(root, job.cache.retention_days, timedelta(hours=job.cache.version_grace_hours))
+    except Exception as exc:  # noqa: BLE001 - maintenance after the output is safe
+        echo(f"cache: compaction failed ({type(exc).__name__}: {exc}); `python -m batch cache compact` retries it")
+        return
+    dropped = sum(c.dropped for c in done)
+    files = sum(c.files_after for c in done)
+    echo(f"cache: compacted {len(done)} tables, {sum(c.entries for c in done)} entries in {files} files"
+         + (f", {dropped} unused for {job.cache.retention_days} days dropped" if dropped else ""))  # fmt: skip
+
+
 def forget(root: Location, text_keys: list[bytes]) -> dict[str, int]:
     """Remove every cached output derived from these texts: their rows in each task's row
     cache and, in each engine's answer cache, the answers their requests received (found

@@ -171,3 +171,52 @@ def test_actors_appending_at_once_all_land(tmp_path):
     found, _ = read_back(root, texts)
     assert all(found[t] == values(i) for i, t in enumerate(texts))
     assert Store(root.join("rows", IDENTITY)).count() == 64
+
+
+def test_job_warm_after_compaction_and_forget(models, tmp_path):
+    """The whole job through its command line: a cold run publishes and compacts its cache;
+    `cache compact` and `cache stats` work on it; a warm run after compaction infers nothing
+    and equals the cold one; after `cache forget --id`, only that post is redone."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from conftest import cli_ok, run_cli, write_corpus, write_job
+
+    rows = [{"post_id": f"p{i}", "text": f"Post number {i}: the weather is {'good' if i % 2 else 'bad'} today."} for i in range(24)]
+    write_corpus(None, str(tmp_path / "in"), rows, files=2)
+    job = write_job(tmp_path / "job.yaml", {
+        "name": "cache", "input": {"uris": [str(tmp_path / "in")], "id_column": "post_id"},
+        "output": {"uri": str(tmp_path / "out")}, "engine": {"batch_size": 8, "max_model_len": 1024},
+        "tasks": {"sentiment": {"model": str(models["chat"]), "labels": ["negative", "neutral", "positive"]},
+                  "translation": {"model": str(models["chat"]), "target_languages": ["fr"], "max_output_tokens": 8}},
+    })  # fmt: skip
+    out = cli_ok(run_cli("run", str(job)))
+    assert "cache: compacted 3 tables" in out  # two row caches, one engine's answers
+    cold = pq.read_table(tmp_path / "out")
+
+    compacted = cli_ok(run_cli("cache", "compact", str(job), "--grace-hours", "0"))
+    assert compacted.count("files") == 3
+    stats = json.loads(cli_ok(run_cli("cache", "stats", str(job), "--json")))
+    assert sorted(s["level"] for s in stats) == ["answers", "rows", "rows"]
+    assert all(s["entries"] == 24 for s in stats if s["level"] == "rows")
+    files_after_compaction = sum(s["files"] for s in stats)
+
+    cli_ok(run_cli("run", str(job), "--overwrite"))
+    warm = json.loads((tmp_path / "out" / "_summary.json").read_text())
+    assert warm["requests_inferred"] == 0 and warm["cached_rows"] == 2 * len(rows)
+    key = lambda table: sorted(table.drop_columns(["run_id"]).to_pylist(), key=lambda r: r["post_id"])  # noqa: E731
+    assert key(pq.read_table(tmp_path / "out")) == key(cold)
+    # the publish folded the warm run's use logs; replaced files wait out the grace period
+    cli_ok(run_cli("cache", "compact", str(job), "--grace-hours", "0"))
+    stats = json.loads(cli_ok(run_cli("cache", "stats", str(job), "--json")))
+    assert sum(s["files"] for s in stats) == files_after_compaction  # bounded: one more night adds none
+    (today,) = next(s for s in stats if s["level"] == "rows")["days"].values()
+    assert today["hits"] == 24 and today["added"] == 24  # the warm run hit what the cold one added
+
+    forgot = cli_ok(run_cli("cache", "forget", str(job), "--id", "p7"))
+    assert "2 row-cache entries" in forgot and "0 answers" not in forgot
+    cli_ok(run_cli("run", str(job), "--overwrite"))
+    again = json.loads((tmp_path / "out" / "_summary.json").read_text())
+    assert again["cached_rows"] == 2 * (len(rows) - 1) and again["requests_inferred"] > 0
+    assert key(pq.read_table(tmp_path / "out")) == key(cold)
