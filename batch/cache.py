@@ -67,6 +67,8 @@ LEVELS = ("rows", "answers")
 READ_CACHE_BYTES = 32 << 20
 DELETE_CHUNK = 10_000  # keys per delete predicate
 CREATE_WAIT_SECONDS = 60
+FRAGMENT_ROWS = 1 << 20  # compaction folds files below this size
+INDEX_SEGMENTS = 8  # index segments (one per night) before compaction merges them
 
 
 def text_key(text: str) -> bytes:
@@ -328,29 +330,32 @@ def compact(store: Store, retention_days: int | None, grace: timedelta, now: dat
     entries, used = store.dataset("entries"), store.dataset("used")
     if retention_days is not None and entries is not None and used is not None:
         cutoff = (now or today()) - timedelta(days=retention_days)
-        recent = used.to_table(columns=["key"], filter=pc.field("day") >= pa.scalar(cutoff, pa.date32()))
-        keep = pc.unique(recent.column("key"))
-        # The unused are few (the working set comes back nightly): stream the keys, collect
-        # those not kept, delete them by key.
-        doomed = [
-            pc.filter(batch.column(0), pc.invert(pc.is_in(batch.column(0), value_set=keep)))
-            for batch in entries.to_batches(columns=["key"])
-        ]  # fmt: skip
-        doomed_keys = pa.concat_arrays([chunk for chunk in doomed if len(chunk)] or [pa.array([], KEY)])
+        # Every entry's write is a use, so an entry unused since the cutoff is one whose uses
+        # all come before it: found in the use log alone, whatever the number of entries.
+        day = pc.field("day")
+        old = pc.unique(used.to_table(columns=["key"], filter=day < pa.scalar(cutoff, pa.date32())).column("key"))
+        doomed_keys = old
+        if len(old):  # of those, the ones used again since (memory: the old ones, not the log)
+            again = (day >= pa.scalar(cutoff, pa.date32())) & pc.field("key").isin(old)
+            recent = used.to_table(columns=["key"], filter=again).column("key").combine_chunks()
+            doomed_keys = pc.filter(old, pc.invert(pc.is_in(old, value_set=recent)))
+        before = entries.count_rows()
         for start in range(0, len(doomed_keys), DELETE_CHUNK):
             entries.delete(pc.field("key").isin(doomed_keys.slice(start, DELETE_CHUNK)))
-        used.delete(pc.field("day") < pa.scalar(cutoff, pa.date32()))
-        dropped = len(doomed_keys)
+        used.delete(day < pa.scalar(cutoff, pa.date32()))
+        dropped = before - entries.count_rows()
     for dataset in (entries, used):
         if dataset is None:
             continue
         if len(dataset.get_fragments()) > 1 or any(f.deletion_file() for f in dataset.get_fragments()):
-            dataset.optimize.compact_files(target_rows_per_fragment=1 << 22)
+            # files of a million rows or more stay as they are: a night rewrites its own
+            dataset.optimize.compact_files(target_rows_per_fragment=FRAGMENT_ROWS)
     if entries is not None and entries.count_rows():
-        if any(index.name == "key_idx" for index in entries.describe_indices()):
-            entries.optimize.optimize_indices()
-        else:
+        index = next((index for index in entries.describe_indices() if index.name == "key_idx"), None)
+        if index is None:
             entries.create_scalar_index("key", "BTREE")
+        else:  # the night's rows get an index segment of their own; segments merge now and then
+            entries.optimize.optimize_indices(num_indices_to_merge=0 if len(index.segments) < INDEX_SEGMENTS else len(index.segments))
     for dataset in (entries, used):
         if dataset is not None:
             dataset.cleanup_old_versions(older_than=grace)
