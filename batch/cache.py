@@ -175,7 +175,7 @@ class RowCache:
         self.found: dict[bytes, dict[str, Any]] = {}  # this batch's hits
         self.looked_up: set[bytes] = set()
         self.pending: dict[bytes, dict[str, Any]] = {}
-        self.usable = True
+        self.usable: bool | None = None  # None: not yet checked against the stored columns
 
     key = staticmethod(text_key)
 
@@ -183,6 +183,7 @@ class RowCache:
         """Open the entries (their index and file list, not their rows); the count is from
         metadata."""
         dataset = self.store.entries()
+        self.usable = True
         if dataset is None:
             return 0
         stored = pa.schema([dataset.schema.field(name) for name in self.schema.names if name in dataset.schema.names])
@@ -196,6 +197,8 @@ class RowCache:
         """Look up a batch's texts in one read (the index finds their rows), and log the hits'
         use. `get` then answers from memory."""
         keys = list(dict.fromkeys(self.key(text) for text in texts))
+        if self.usable is None:
+            self.load()
         self.found = self.store.lookup(keys, self.names) if self.usable else {}
         self.looked_up = set(keys)
         hits = list(self.found)
@@ -213,6 +216,8 @@ class RowCache:
             self.pending[key] = values
 
     def flush(self) -> None:
+        if self.usable is None:
+            self.load()
         if not self.pending or not self.usable:
             self.pending.clear()
             return

@@ -220,3 +220,13 @@ def test_job_warm_after_compaction_and_forget(models, tmp_path):
     again = json.loads((tmp_path / "out" / "_summary.json").read_text())
     assert again["cached_rows"] == 2 * (len(rows) - 1) and again["requests_inferred"] > 0
     assert key(pq.read_table(tmp_path / "out")) == key(cold)
+
+
+def test_other_columns_under_the_same_identity_are_not_used(tmp_path):
+    root = Location(str(tmp_path / "_cache"), StorageConfig())
+    fill(root, ["a post"], actors=1)
+    other = RowCache(root, IDENTITY, [pa.field("sentiment", pa.int32())])
+    other.add("another post", {"sentiment": 1})
+    other.flush()  # checked on first use: nothing written, nothing raised
+    assert other.get("a post") is None
+    assert Store(root.join("rows", IDENTITY)).count() == 1
