@@ -4,6 +4,7 @@
     python -m batch validate JOB.yaml [same options]
     python -m batch demo [--output DIR] [--model HUB_ID]
     python -m batch finetune SPEC.yaml [--set KEY=VALUE]...
+    python -m batch cache stats|compact|forget JOB.yaml [--text T | --id ID]...
     python -m batch k8s render JOB.yaml --date YYYY-MM-DD --image IMAGE@sha256:... [--set KEY=VALUE]...
 
 Exit status (batch/outcome.py): 0 succeeded, 1 failed (a retry resumes), 2 published with
@@ -194,6 +195,7 @@ def demo(output_dir, workdir, job_file, model, workers):
 
 def _register_commands() -> None:
     """Commands that live beside the modules they drive."""
+    from batch.cache_command import cache
     from batch.evaluate_command import eval_command
     from batch.finetune.command import finetune
     from batch.k8s_command import k8s
@@ -203,6 +205,7 @@ def _register_commands() -> None:
     main.add_command(eval_command)
     main.add_command(k8s)
     main.add_command(finetune)
+    main.add_command(cache)
 
 
 _register_commands()

@@ -68,6 +68,15 @@ class CacheConfig(Strict):
 
     enabled: bool = True
     uri: str | None = Field(default=None, description="default: beside the output, before its {date} part")
+    retention_days: int | None = Field(
+        default=90, ge=1, description="entries no run used (hit or wrote) for this many days are dropped; null: kept"
+    )
+    compact_after_publish: bool = Field(
+        default=True, description="fold new files, apply retention and index new entries once the output is published"
+    )
+    version_grace_hours: float = Field(
+        default=24, ge=0, description="files a compaction replaced are deleted once this old (a run may still read them)"
+    )
 
 
 class EngineConfig(Strict):

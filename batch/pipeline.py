@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import pyarrow as pa
 
+from batch.cache import compact_cache
 from batch.config import ConfigError, JobConfig
 from batch.identity import RunIdentity, resolve_run
 from batch.infer import models
@@ -290,6 +291,8 @@ def _plan_process_publish(
     }  # fmt: skip
     summary.status = "published" if not unreadable else "published with unreadable inputs"
     output.publish(list(committed.values()), manifest, summary.to_dict(), still_held=lease.check)
+    if job.cache.enabled and job.cache.compact_after_publish:
+        compact_cache(job, echo)  # by the lease holder; a failure leaves the cache as it was
     return summary
 
 
@@ -364,6 +367,7 @@ def _process(
                     provenance=tuple((name, identity.provenance(name)) for name, _ in group.tasks),
                     cache_identity=identity.answer_cache(group.spec.model, group.spec.runner, [n for n, _ in group.tasks]),
                     cache_uri=cache_uri,
+                    text_column=job.input.text_column,
                     max_restarts=job.engine.max_restarts,
                     health=health,
                 )

@@ -104,6 +104,11 @@ class PrepareStage:
         if self.hash_key is not None:
             batch = privacy.hash_columns(batch, self.spec.privacy.hash_columns, self.hash_key)
         texts, text_errors = schema.text_values(batch, self.spec.text_column)
+        # mask the texts not seen lately, then look them all up in the row caches at once
+        masked = {text: self.masker.mask(text) for text, error in zip(texts, text_errors)
+                  if error is None and text is not None and text not in self.recent}  # fmt: skip
+        for cache in self.caches.values():
+            cache.prefetch(m.text for m in masked.values())
         masks, blobs = [], []
         for text, error in zip(texts, text_errors):
             if error is not None or text is None:
@@ -111,7 +116,7 @@ class PrepareStage:
             elif (prepared := self.recent.get(text)) is not None:
                 self.recent.move_to_end(text)
             else:
-                prepared = self._prepare(text)
+                prepared = self._prepare(masked[text])
                 if len(text) <= RECENT_MAX_CHARS:
                     self.recent[text] = prepared
             masks.append(prepared[0])
@@ -122,10 +127,9 @@ class PrepareStage:
         batch = schema.set_column(batch, pa.field(schema.PLANS, pa.binary()), blobs)
         return schema.charge_busy_time(batch, schema.PREPARE_MS, started)
 
-    def _prepare(self, text: str) -> tuple[bytes | None, bytes]:
-        """Mask first, then every task prepares the masked text (and the row cache is
+    def _prepare(self, masked: privacy.MaskedText) -> tuple[bytes | None, bytes]:
+        """Masked first, then every task prepares the masked text (and the row cache is
         looked up by it): the one place no task can skip."""
-        masked = self.masker.mask(text)
         blob = pickle.dumps(masked, protocol=pickle.HIGHEST_PROTOCOL) if masked.values else None
         return blob, self._plans(masked.text, None)
 

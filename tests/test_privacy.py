@@ -215,8 +215,13 @@ def user_text(prompt: str) -> str:
 
 def cached_text(cache: Path) -> str:
     """Everything the result caches hold, as text."""
-    tables = [pq.read_table(path) for path in sorted(cache.rglob("*.parquet"))]
-    assert tables, f"no cache files under {cache}"
+    from batch.cache import stores
+    from batch.config import StorageConfig
+    from batch.io.storage import Location
+
+    root = Location(str(cache), StorageConfig())
+    tables = [store.dataset("entries").to_table() for _, _, store in stores(root)]
+    assert tables, f"no cache tables under {cache}"
     return json.dumps([table.to_pylist() for table in tables], default=repr, ensure_ascii=False)
 
 

@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 import pyarrow as pa
 
 from batch import schema
-from batch.cache import ResultCache
+from batch.cache import ResultCache, text_key
 from batch.config import ConfigError
 from batch.infer.engine import Engine, EngineSpec
 from batch.io.storage import Location
@@ -44,6 +44,7 @@ class StageSpec:
     provenance: tuple[tuple[str, str], ...]  # task -> its `<task>_model` value
     cache_identity: str  # the folder of this engine's answers in the result cache
     cache_uri: str | None = None  # the result cache (batch/cache.py); None: off
+    text_column: str = "text"  # its rows' texts name the answers they caused (`cache forget`)
     max_restarts: int = 3  # engine.max_restarts
     health: Any = None  # the run's EngineHealth actor (a Ray actor handle); None: deaths are not counted
 
@@ -63,7 +64,7 @@ class InferenceStage:
         self.provenance = dict(spec.provenance)
         self.cache = self._open_cache()
         # A warm cache defers the engine to its first miss: a fully cached run never starts it.
-        if self.cache is None or not self.cache.known:
+        if self.cache is None or self.cache.empty:
             self.engine.llm  # noqa: B018 - start it now
         # Answers of recent requests: a text repeated across batches (reposts, boilerplate)
         # is inferred once per actor, not once per batch.
@@ -79,12 +80,16 @@ class InferenceStage:
 
         # each distinct request once, in one engine call per kind
         unique: dict[Request, Result | None] = {}
+        sources: dict[Request, set[bytes]] = {}  # the texts each request serves (for `cache forget`)
+        text_keys = _text_keys(batch, self.spec.text_column) if self.cache is not None else None
         for task_plans in plans.values():
-            for plan in task_plans:
+            for row, plan in enumerate(task_plans):
                 if isinstance(plan, Plan):
                     for request in plan.requests:
                         unique.setdefault(request, None)
-        fresh, cached = self._infer(unique)
+                        if text_keys is not None:
+                            sources.setdefault(request, set()).add(text_keys[row])
+        fresh, cached = self._infer(unique, sources)
 
         # per row and task, the answers to its requests in order, for the parse stage
         for task in self.tasks:
@@ -101,10 +106,12 @@ class InferenceStage:
         batch = schema.add_usage(batch, _usage_per_row(plans, unique, fresh, cached, n_rows))
         return schema.charge_busy_time(batch, schema.INFER_MS, started)
 
-    def _infer(self, unique: dict[Request, Result | None]) -> tuple[set[Request], set[Request]]:
+    def _infer(self, unique: dict[Request, Result | None], sources: dict[Request, set[bytes]]) -> tuple[set[Request], set[Request]]:
         """Fill in every answer; returns the requests that went to the engine and those
         answered by the result cache."""
         cached: set[Request] = set()
+        if self.cache is not None:  # one lookup for the batch's requests not answered lately
+            self.cache.prefetch([r for r in unique if r not in self.recent], sources)
         for request in unique:
             if (known := self.recent.get(request)) is not None:
                 unique[request] = known
@@ -125,7 +132,7 @@ class InferenceStage:
                 if not isinstance(result, Failure):
                     self.recent[request] = result
                     if self.cache is not None:
-                        self.cache.add(request, result)
+                        self.cache.add(request, result, sources.get(request, ()))
         while len(self.recent) > RECENT_ANSWERS:
             self.recent.popitem(last=False)
         return fresh, cached
@@ -267,3 +274,10 @@ def _usage_per_row(
                     usage[schema.INPUT_TOKENS][row] += getattr(answer, "prompt_tokens", 0)
                     usage[schema.OUTPUT_TOKENS][row] += getattr(answer, "output_tokens", 0)
     return usage
+
+
+def _text_keys(batch: pa.Table, text_column: str) -> list[bytes]:
+    """Each row's key in the row cache: the hash of its masked text, as prepare looked it up."""
+    masks = batch.column(schema.MASKED).to_pylist()
+    texts = batch.column(text_column).to_pylist()
+    return [text_key(pickle.loads(blob).text if blob else (text or "")) for text, blob in zip(texts, masks)]
