@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -77,6 +78,7 @@ def main(verbose: bool) -> None:
 def run(job_file, input_uris, output_uri, overrides, run_date, overwrite, address):
     """Run JOB_FILE: read, annotate and publish. Exit 0 published, 1 failed (a retry resumes),
     2 published with unreadable inputs, 3 invalid job or arguments (see batch/outcome.py)."""
+    _trace_process_start()
     log = AttemptLog(click.echo)
     batch_logger = logging.getLogger("batch")
     batch_logger.addHandler(log.handler)
@@ -121,6 +123,15 @@ def _run_attempt(log: AttemptLog, job_file, input_uris, output_uri, overrides, r
     # Exit 2: published, but some input files could not be read (they are in the manifest).
     log.echo(f"{'SUCCEEDED' if code == Exit.SUCCEEDED else 'PARTIAL'}: {summary.status}: {summary.output}")
     return code
+
+
+def _trace_process_start() -> None:
+    """The trace's origin: when this process started (interpreter and imports included)."""
+    from batch.progress import TRACE, process_started, trace
+
+    if TRACE in os.environ:
+        trace("driver.process_start", at=process_started())
+        trace("driver.cli_start")
 
 
 def _disconnect_ray() -> None:
