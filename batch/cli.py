@@ -137,6 +137,10 @@ def _trace_process_start() -> None:
 def _disconnect_ray() -> None:
     import ray
 
+    pipeline = sys.modules.get("batch.pipeline")
+    if pipeline is not None and pipeline.ray_start_in_flight():  # no worker can log yet: do not wait for it
+        return
+
     if ray.is_initialized():
         ray.shutdown()
 

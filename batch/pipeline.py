@@ -154,26 +154,35 @@ def connect_ray(address: str | None) -> None:
 
 
 class RayStart:
-    """`connect_ray` in a background thread, begun before the driver plans, so that the
-    local cluster (GCS, raylet, agents: seconds on a small machine) starts while the driver
-    identifies the weights, takes the lease, lists the input files and reads their footers;
-    the actors (and their engines) then start as soon as the plan is ready.
+    """`connect_ray` in a background thread, begun once the run holds the output's lease, so
+    that the local cluster (GCS, raylet, agents: seconds on a small machine) starts while
+    the driver lists the input files and reads their footers; the actors (and their
+    engines) then start as soon as the plan is ready.
 
     The thread stays alive for as long as the cluster does: Ray ties the processes of a
     local cluster to the thread that started them (Linux's parent-death signal follows the
     thread), so a thread that returned would take GCS and the raylet down with it."""
+
+    latest: RayStart | None = None  # the process's latest start, for `ray_start_in_flight`
 
     def __init__(self, address: str | None):
         import threading
 
         self._done = threading.Event()
         self._error: BaseException | None = None
+        RayStart.latest = self
         trace("driver.ray_start")
         threading.Thread(target=self._start, args=(address,), name="ray-start", daemon=True).start()
 
     def _start(self, address: str | None) -> None:
         import ray
 
+        # From the main thread ray.init replaces the SIGTERM handler (the CLI's writes the
+        # attempt log first); from this one it keeps it, and warns that it did: not news. Nor
+        # is token authentication on a cluster that lives for this run, its dashboard off; and
+        # a run that fails while planning must end on its own last line, not on these.
+        for name in ("ray._private.worker", "ray._private.authentication.authentication_token_setup"):
+            logging.getLogger(name).addFilter(_QuietRayStart())
         try:
             connect_ray(address)
         except BaseException as exc:  # noqa: BLE001 - raised where the driver waits for Ray
@@ -189,9 +198,20 @@ class RayStart:
         if self._error is not None:
             raise self._error
 
-    def settle(self) -> None:
-        """Return only once no start is in flight, so the caller may shut Ray down."""
-        self._done.wait()
+    def settled(self) -> bool:
+        return self._done.is_set()
+
+
+class _QuietRayStart(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return "SIGTERM handler is not set" not in message and "Token authentication is enabled" not in message
+
+
+def ray_start_in_flight() -> bool:
+    """A run failed while planning, before its cluster was up: the command says why at once
+    and exits without waiting for Ray (the cluster's processes end with this process)."""
+    return RayStart.latest is not None and not RayStart.latest.settled()
 
 
 def detect_device(job: JobConfig) -> str:
@@ -221,23 +241,6 @@ def run(
     if Output(location).is_published() and not overwrite:
         return _already_published(job, Output(location), run_id, summary, echo)
     check_models(job)  # a job error is said before anything starts
-    ray_start = RayStart(ray_address)  # in the background while the driver plans
-    try:
-        return _lease_plan_process_publish(job, location, overwrite, run_id, summary, started, ray_start, echo)
-    finally:
-        ray_start.settle()
-
-
-def _lease_plan_process_publish(
-    job: JobConfig,
-    location: Location,
-    overwrite: bool,
-    run_id: str,
-    summary: RunSummary,
-    started: float,
-    ray_start: RayStart,
-    echo: Callable[[str], None],
-) -> RunSummary:
     identity = resolve_run(job)  # once: weights are identified here and nowhere else
     trace("driver.identity")
     output = Output(location, identity.fingerprint)
@@ -257,6 +260,7 @@ def _lease_plan_process_publish(
             # --overwrite redoes everything: staging left by the published run (or by an overwrite
             # cut before its publish) goes; the old output stays published until the publish.
             output.discard_staging()
+        ray_start = RayStart(ray_address)  # in the background while the driver plans
         return _plan_process_publish(job, identity, output, lease, run_id, summary, started, ray_start, echo)
     except LeaseLost as exc:
         raise RunFailed(str(exc)) from None
