@@ -182,7 +182,7 @@ class RayStart:
         # is token authentication on a cluster that lives for this run, its dashboard off; and
         # a run that fails while planning must end on its own last line, not on these.
         for name in ("ray._private.worker", "ray._private.authentication.authentication_token_setup"):
-            logging.getLogger(name).addFilter(_QuietRayStart())
+            logging.getLogger(name).addFilter(_QUIET_RAY_START)  # once: a filter is kept by identity
         try:
             connect_ray(address)
         except BaseException as exc:  # noqa: BLE001 - raised where the driver waits for Ray
@@ -206,6 +206,9 @@ class _QuietRayStart(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         return "SIGTERM handler is not set" not in message and "Token authentication is enabled" not in message
+
+
+_QUIET_RAY_START = _QuietRayStart()
 
 
 def ray_start_in_flight() -> bool:
