@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -78,6 +79,7 @@ def main(verbose: bool) -> None:
 def run(job_file, input_uris, output_uri, overrides, run_date, overwrite, address):
     """Run JOB_FILE: read, annotate and publish. Exit 0 published, 1 failed (a retry resumes),
     2 published with unreadable inputs, 3 invalid job or arguments (see batch/outcome.py)."""
+    _trace_process_start()
     log = AttemptLog(click.echo)
     batch_logger = logging.getLogger("batch")
     batch_logger.addHandler(log.handler)
@@ -124,8 +126,21 @@ def _run_attempt(log: AttemptLog, job_file, input_uris, output_uri, overrides, r
     return code
 
 
+def _trace_process_start() -> None:
+    """The trace's origin: when this process started (interpreter and imports included)."""
+    from batch.progress import TRACE, process_started, trace
+
+    if TRACE in os.environ:
+        trace("driver.process_start", at=process_started())
+        trace("driver.cli_start")
+
+
 def _disconnect_ray() -> None:
     import ray
+
+    pipeline = sys.modules.get("batch.pipeline")
+    if pipeline is not None and pipeline.ray_start_in_flight():  # no worker can log yet: do not wait for it
+        return
 
     if ray.is_initialized():
         ray.shutdown()

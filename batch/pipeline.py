@@ -39,7 +39,7 @@ from batch.io.storage import Location
 from batch.io.write import MANIFEST, STAGING, FileProgress, Output, make_part_writer
 from batch.parse import ParseStage
 from batch.prepare import PrepareStage, TextStageSpec
-from batch.progress import ProgressLine, quiet_ray_data, quiet_workers_env
+from batch.progress import ProgressLine, quiet_ray_data, quiet_workers_env, trace, traced
 from batch.summary import RunSummary
 from batch.tasks import build_task
 from batch.text.privacy import missing_hash_columns
@@ -154,6 +154,70 @@ def connect_ray(address: str | None) -> None:
     quiet_ray_data()
 
 
+class RayStart:
+    """`connect_ray` in a background thread, begun once the run holds the output's lease, so
+    that the local cluster (GCS, raylet, agents: seconds on a small machine) starts while
+    the driver lists the input files and reads their footers; the actors (and their
+    engines) then start as soon as the plan is ready.
+
+    The thread stays alive for as long as the cluster does: Ray ties the processes of a
+    local cluster to the thread that started them (Linux's parent-death signal follows the
+    thread), so a thread that returned would take GCS and the raylet down with it."""
+
+    latest: RayStart | None = None  # the process's latest start, for `ray_start_in_flight`
+
+    def __init__(self, address: str | None):
+        import threading
+
+        self._done = threading.Event()
+        self._error: BaseException | None = None
+        RayStart.latest = self
+        trace("driver.ray_start")
+        threading.Thread(target=self._start, args=(address,), name="ray-start", daemon=True).start()
+
+    def _start(self, address: str | None) -> None:
+        import ray
+
+        # From the main thread ray.init replaces the SIGTERM handler (the CLI's writes the
+        # attempt log first); from this one it keeps it, and warns that it did: not news. Nor
+        # is token authentication on a cluster that lives for this run, its dashboard off; and
+        # a run that fails while planning must end on its own last line, not on these.
+        for name in ("ray._private.worker", "ray._private.authentication.authentication_token_setup"):
+            logging.getLogger(name).addFilter(_QUIET_RAY_START)  # once: a filter is kept by identity
+        try:
+            connect_ray(address)
+        except BaseException as exc:  # noqa: BLE001 - raised where the driver waits for Ray
+            self._error = exc
+        finally:
+            self._done.set()
+        while ray.is_initialized():  # hold the cluster's processes (see the class docstring)
+            time.sleep(0.5)
+
+    def wait(self) -> None:
+        """Ray is up (or the reason it is not is raised here)."""
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+
+    def settled(self) -> bool:
+        return self._done.is_set()
+
+
+class _QuietRayStart(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return "SIGTERM handler is not set" not in message and "Token authentication is enabled" not in message
+
+
+_QUIET_RAY_START = _QuietRayStart()
+
+
+def ray_start_in_flight() -> bool:
+    """A run failed while planning, before its cluster was up: the command says why at once
+    and exits without waiting for Ray (the cluster's processes end with this process)."""
+    return RayStart.latest is not None and not RayStart.latest.settled()
+
+
 def detect_device(job: JobConfig) -> str:
     if job.engine.device != "auto":
         return job.engine.device
@@ -171,6 +235,7 @@ def run(
     run_id: str | None = None,
 ) -> RunSummary:
     started = time.time()
+    trace("driver.run")
     run_id = run_id or new_run_id()
     location = Location(job.output.uri, job.storage)
     summary = RunSummary(run_id=run_id, job=job.redacted(), output=job.output.uri, started=started,
@@ -180,7 +245,9 @@ def run(
     # once, whoever holds or left a lease and whether or not its models are still there.
     if Output(location).is_published() and not overwrite:
         return _already_published(job, Output(location), run_id, summary, echo)
+    check_models(job)  # a job error is said before anything starts
     identity = resolve_run(job)  # once: weights are identified here and nowhere else
+    trace("driver.identity")
     output = Output(location, identity.fingerprint)
 
     lease = output.lease(run_id, job.output.lease_seconds)
@@ -188,6 +255,7 @@ def run(
         lease.take()  # before anything is written under the output
     except LeaseHeld as exc:
         raise RunFailed(f"{exc}. Run again once it has ended; if it was killed, its lease expires as shown") from None
+    trace("driver.lease")
     try:
         if lease.taken_over_from:
             echo(f"lease: took over the output from {lease.taken_over_from} (its heartbeat stopped)")
@@ -197,7 +265,8 @@ def run(
             # --overwrite redoes everything: staging left by the published run (or by an overwrite
             # cut before its publish) goes; the old output stays published until the publish.
             output.discard_staging()
-        return _plan_process_publish(job, identity, output, lease, run_id, summary, started, ray_address, echo)
+        ray_start = RayStart(ray_address)  # in the background while the driver plans
+        return _plan_process_publish(job, identity, output, lease, run_id, summary, started, ray_start, echo)
     except LeaseLost as exc:
         raise RunFailed(str(exc)) from None
     finally:
@@ -235,11 +304,10 @@ def _plan_process_publish(
     run_id: str,
     summary: RunSummary,
     started: float,
-    ray_address: str | None,
+    ray_start: RayStart,
     echo: Callable[[str], None],
 ) -> RunSummary:
     # plan
-    check_models(job)
     files, bad_inputs = plan_inputs(job.input, job.storage)
     if missing := missing_hash_columns(job.privacy, {column for file in files for column in file.columns}):
         raise ConfigError(f"privacy.hash_columns: no column {missing[0]!r} in any input file (a misspelt id column?)")
@@ -255,6 +323,7 @@ def _plan_process_publish(
     )
     for bad in bad_inputs:
         echo(f"  unreadable input {bad.uri}: {bad.reason}")
+    trace("driver.planned", files=len(pending))
 
     progress = {file.uri: FileProgress(file) for file in pending}
     for file in pending:
@@ -264,7 +333,7 @@ def _plan_process_publish(
     if progress:
         # one schema for the whole output: planned over every input, committed ones included
         union = output_schema(files)
-        _process(job, identity, output, run_id, progress, committed, union, summary, ray_address, echo)
+        _process(job, identity, output, run_id, progress, committed, union, summary, ray_start, echo)
 
     # check and publish
     missing = [uri for uri in (f.uri for f in files) if uri not in committed]
@@ -291,6 +360,7 @@ def _plan_process_publish(
     }  # fmt: skip
     summary.status = "published" if not unreadable else "published with unreadable inputs"
     output.publish(list(committed.values()), manifest, summary.to_dict(), still_held=lease.check)
+    trace("driver.published")
     if job.cache.enabled and job.cache.compact_after_publish:
         compact_cache(job, echo)  # by the lease holder; a failure leaves the cache as it was
     return summary
@@ -310,12 +380,13 @@ def _process(
     committed: dict[str, dict],
     union: pa.Schema | None,
     summary: RunSummary,
-    ray_address: str | None,
+    ray_start: RayStart,
     echo: Callable[[str], None],
 ) -> None:
     import ray
 
-    connect_ray(ray_address)
+    ray_start.wait()
+    trace("driver.ray_connected")
     device = detect_device(job)
     identity = identity.for_device(device)
     groups = engine_groups(job, device, identity)
@@ -355,7 +426,7 @@ def _process(
     # read into the prepare actor, and a row count there would bundle several slices into
     # one long task whose output reaches the engine only at its end.
     dataset = dataset.map_batches(
-        PrepareStage, fn_constructor_kwargs={"spec": text_spec}, batch_size=None, **text_stage
+        traced(PrepareStage, "prepare"), fn_constructor_kwargs={"spec": text_spec}, batch_size=None, **text_stage
     )
     for group in groups:
         dataset = dataset.map_batches(
@@ -380,10 +451,11 @@ def _process(
     # parse, then write from the same actor (see batch/parse.py)
     write = make_part_writer(output.staging, run_id)
     dataset = dataset.map_batches(
-        ParseStage, fn_constructor_kwargs={"spec": text_spec, "write": write}, batch_size=None, **text_stage
+        traced(ParseStage, "parse"), fn_constructor_kwargs={"spec": text_spec, "write": write}, batch_size=None, **text_stage
     )
 
     total = sum(p.file.rows for p in progress.values())
+    trace("driver.stream")
     try:
         _consume(dataset.iter_rows(), progress, committed, output, summary, total, echo)
     except Exception as exc:  # noqa: BLE001 - anything that stops the stream stops the run
@@ -422,6 +494,7 @@ def _consume(records, progress, committed, output: Output, summary: RunSummary, 
     for record in records:
         if summary.seconds_to_first_row is None:
             summary.seconds_to_first_row = round(time.time() - summary.started, 2)
+            trace("driver.first_row")
         file_progress = progress.get(record["source"])
         if file_progress is None:  # a file quarantined earlier in this run: its other parts are dropped
             continue
@@ -434,6 +507,7 @@ def _consume(records, progress, committed, output: Output, summary: RunSummary, 
         file_progress.counts = dict(Counter(file_progress.counts) + Counter(json.loads(record["counts"])))
         if file_progress.complete:
             committed[record["source"]] = output.commit(progress.pop(record["source"]))
+            trace("driver.file_committed")
         meter.advance(record["rows"])
 
 

@@ -1,12 +1,34 @@
 """The job's own progress line (rows done, rows/s, ETA), in place of Ray Data's progress
 bars, which on a non-terminal console print a multi-line block every few seconds (66 blocks
-for the 320-post demo). Ray's bars come back with `--verbose`."""
+for the 320-post demo). Ray's bars come back with `--verbose`.
+
+Also an opt-in trace of where a run's seconds go: with `BATCH_TRACE=/path/trace.jsonl` in
+the environment, the driver and every stage's actors append one JSON line per event
+(`{"t": unix time, "event": ..., "pid": ...}`): the driver's phases, each actor's
+construction, its engine's start, each batch in and out. benchmarks/throughput.py reads it
+for its start-up breakdown. Off (one environment lookup) unless set."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from typing import Callable
+
+TRACE = "BATCH_TRACE"  # env: a file to append the run's trace events to (JSON lines)
+
+
+def trace(event: str, at: float | None = None, **fields) -> None:
+    """One event of the run's trace, stamped with the wall clock and this process. Workers of
+    a local cluster inherit the driver's environment, so one file collects every process's
+    events; lines are appended in one write, so processes can share the file."""
+    path = os.environ.get(TRACE)
+    if not path:
+        return
+    line = json.dumps({"t": round(at or time.time(), 3), "event": event, "pid": os.getpid(), **fields})
+    with open(path, "a", encoding="utf-8") as out:
+        out.write(line + "\n")
 
 REPORT_EVERY_S = 10.0
 
@@ -54,3 +76,32 @@ class ProgressLine:
         rate = self.done / max(now - self.started, 1e-9)
         eta = f", ETA {(self.total - self.done) / rate:.0f} s" if self.done < self.total and rate > 0 else ""
         self.echo(f"progress: {self.done}/{self.total} rows ({self.done / max(self.total, 1):.0%}), {rate:.1f} rows/s{eta}")
+
+
+def process_started() -> float | None:
+    """When this process started (a Ray worker: before it imported anything), if tracing."""
+    if TRACE not in os.environ:
+        return None
+    import psutil
+
+    return round(psutil.Process().create_time(), 3)
+
+
+def traced(stage: type, name: str) -> type:
+    """`stage` (a Ray Data callable class) with trace events around its construction and
+    each call: a subclass under the same name, so Ray Data builds, calls and names it as before."""
+
+    class Traced(stage):
+        def __init__(self, *args, **kwargs):
+            trace(f"{name}.init", process_started=process_started())
+            super().__init__(*args, **kwargs)
+            trace(f"{name}.ready")
+
+        def __call__(self, batch):
+            trace(f"{name}.batch_in", rows=batch.num_rows)
+            out = super().__call__(batch)
+            trace(f"{name}.batch_out", rows=batch.num_rows)
+            return out
+
+    Traced.__name__ = Traced.__qualname__ = stage.__name__
+    return Traced

@@ -7,7 +7,8 @@ machine, one invocation. Prints a table; record it in BENCHMARKS.md with the com
 Documents come from batch/demo/documents.py (Chinese, Japanese, Arabic, Thai, Hindi). Both
 scenarios are fresh processes, so each figure includes its own start-up:
   raw  vLLM's LLM.generate in one process over exactly the pieces the job sends (the task's
-       own split, budgeted with the same tokenizer and max_model_len), the job's engine settings
+       own split, budgeted with the same tokenizer and max_model_len), the job's engine
+       settings: benchmarks/raw_engine.py, shared with benchmarks/throughput.py
   job  python -m batch run: read, split in the model's tokens, infer, join, guardrails, write
 It also counts how many prompt tokens are the instruction and chat template, and how many
 are the documents' text.
@@ -29,43 +30,8 @@ import pyarrow.parquet as pq
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+RAW_ENGINE = REPO / "benchmarks" / "raw_engine.py"  # the raw side, shared with throughput.py
 MAX_MODEL_LEN = 1024
-
-RAW_SCRIPT = """
-import json, os, sys, time
-t0 = time.time()
-from batch.config import load_job
-from batch.infer.engine import resolve_engine_settings
-from batch.tasks.translation import TranslationTask
-from batch.text.tokens import load_counter
-import pyarrow.parquet as pq
-if __name__ == "__main__":
-    job = load_job(sys.argv[1])
-    texts = pq.read_table(job.input.uris[0]).column("text").to_pylist()
-    settings = resolve_engine_settings(job.engine, "cpu")  # the same engine settings the job uses
-    kv_cache_gib = settings.pop("kv_cache_gib")
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if settings.pop("in_process") else "1"
-    from vllm import LLM, SamplingParams
-    llm = LLM(model=job.tasks.translation.model, seed=0, kv_cache_memory_bytes=int(kv_cache_gib * 2**30), **settings)
-    task = TranslationTask(job.tasks.translation)
-    counter = load_counter(job.tasks.translation.model, settings["max_model_len"])
-    task.bind_tokens(counter)  # the pieces the job's prepare stage makes
-    prompts, params, instruction, text_tokens = [], [], 0, 0
-    for text in texts:
-        for request in task.prepare(text).requests:
-            messages = [{"role": r, "content": c} for r, c in request.messages]
-            prompts.append(counter.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-            params.append(SamplingParams(max_tokens=request.max_tokens, temperature=0.0, min_tokens=1))
-            whole, piece = counter.prompt(request.messages), counter.count(request.messages[-1][1])
-            instruction, text_tokens = instruction + whole - piece, text_tokens + piece
-    started = time.time()
-    outs = llm.generate(prompts, params, use_tqdm=False)
-    done = time.time()
-    print("RESULT " + json.dumps({"startup": started - t0, "steady": done - started, "docs": len(texts),
-          "requests": len(prompts), "instruction_tokens": instruction, "text_tokens": text_tokens,
-          "output_tokens": sum(len(o.outputs[0].token_ids) for o in outs)}))
-"""
-
 
 def write_inputs(folder: Path, docs: int, chars: int) -> int:
     from batch.demo.documents import SENTENCES, long_document
@@ -114,9 +80,7 @@ def main() -> None:
         n_docs = write_inputs(tmp_path / "in", args.docs, args.chars)
         job = job_file(tmp_path / "job.yaml", tmp_path / "in", tmp_path / "out", model, args.tokens)
         env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-        script = tmp_path / "raw.py"
-        script.write_text(RAW_SCRIPT)
-        out, raw_wall = run([sys.executable, str(script), str(job)], env)
+        out, raw_wall = run([sys.executable, str(RAW_ENGINE), str(job), "--count-tokens"], env)
         raw = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
         _, job_wall = run([sys.executable, "-m", "batch", "run", str(job)], env)
         summary = json.loads((tmp_path / "out" / "_summary.json").read_text())
@@ -129,7 +93,8 @@ def main() -> None:
     print(f"{'scenario':<12}{'wall s':>9}{'requests':>10}{'docs/s':>9}{'out tok/s':>11}")
     for name, wall, requests, output_tokens in rows:
         print(f"{name:<12}{wall:>9.1f}{requests:>10}{n_docs / wall:>9.3f}{output_tokens / wall:>11.1f}")
-    print(f"job/raw (documents/s): {raw_wall / job_wall:.2f}")
+    print(f"job/raw (documents/s): {raw_wall / job_wall:.2f}; raw engine: vLLM imported {raw['imported']:.1f}s, "
+          f"engine ready {raw['engine_ready']:.1f}s, pieces built {raw['prompts_ready']:.1f}s after its start")
     busy = ", ".join(f"{stage} {seconds:.1f}s" for stage, seconds in summary["stage_busy_seconds"].items())
     print(f"job: first row after {summary['seconds_to_first_row']}s; stage busy time: {busy}")
     total = raw["instruction_tokens"] + raw["text_tokens"]

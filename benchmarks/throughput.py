@@ -6,13 +6,23 @@ one invocation. Prints a table; record it in BENCHMARKS.md with the command that
 
 Scenarios (each a fresh process, so every figure includes its own start-up):
   raw          vLLM's LLM.generate in one process over exactly the requests the job sends,
-               with the job's engine settings (on CPU: engine core in the same process)
-  raw-vllm-default   the same with vLLM's default of an engine-core process of its own
+               with the job's engine settings (on CPU: engine core in the same process),
+               prompts built in that process by the task's code (language identification)
+  raw-prebuilt the same over prompts built beforehand by another process: imports, engine
+               and generate only (the raw engine without language identification)
+  raw-vllm-default   the same as raw with vLLM's default of an engine-core process of its own
   job          python -m batch run: read Parquet, infer on Ray Data, write Parquet (cold cache)
   warm         the job again after 10% of the texts changed: the result cache answers the rest
-  raw-dups     raw engine over a corpus where 40% of rows repeat an earlier text
+  raw-dups, raw-dups-prebuilt   the raw engine over a corpus where 40% of rows repeat an
+               earlier text (vLLM's prefix cache makes a repeated prompt cheap)
   job-dups     the job over that corpus (duplicates are inferred once)
   memory       sentiment tagging (classifier) of 20k and 200k rows: peak memory of the whole process tree
+
+The job runs with BATCH_TRACE set (batch/progress.py); the start-up table gives, in seconds
+from each process's start, when the raw engine had imported vLLM and built its engine, and
+when each step of the job happened up to its first written row.
+
+The raw engine is benchmarks/raw_engine.py, shared with benchmarks/long_documents.py.
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ import pyarrow.parquet as pq
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+RAW_ENGINE = REPO / "benchmarks" / "raw_engine.py"
 TARGET = "fr"
 
 
@@ -82,38 +93,6 @@ def job_file(path: Path, corpus: Path, output: Path, model: Path, tokens: int, b
     return path
 
 
-RAW_SCRIPT = """
-import json, os, sys, time
-t0 = time.time()
-from batch.config import load_job
-from batch.infer.engine import resolve_engine_settings
-from batch.tasks.translation import TranslationTask
-import pyarrow.parquet as pq
-if __name__ == "__main__":
-    job = load_job(sys.argv[1])
-    texts = pq.read_table(job.input.uris[0]).column("text").to_pylist()
-    settings = resolve_engine_settings(job.engine, "cpu")  # the same engine settings the job uses
-    kv_cache_gib = settings.pop("kv_cache_gib")
-    in_process = settings.pop("in_process") and sys.argv[2] == "job-settings"
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if in_process else "1"
-    from vllm import LLM, SamplingParams
-    llm = LLM(model=job.tasks.translation.model, seed=0, kv_cache_memory_bytes=int(kv_cache_gib * 2**30), **settings)
-    tokenizer = llm.get_tokenizer()
-    task = TranslationTask(job.tasks.translation)
-    prompts, params = [], []
-    for text in texts:  # exactly the requests the job would send, duplicates included
-        for request in getattr(task.prepare(text), "requests", []):
-            messages = [{"role": r, "content": c} for r, c in request.messages]
-            prompts.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-            params.append(SamplingParams(max_tokens=request.max_tokens, temperature=0.0, min_tokens=1))
-    started = time.time()
-    outs = llm.generate(prompts, params, use_tqdm=False)
-    done = time.time()
-    print("RESULT " + json.dumps({"startup": started - t0, "steady": done - started,
-          "rows": len(texts), "output_tokens": sum(len(o.outputs[0].token_ids) for o in outs)}))
-"""
-
-
 class PeakMemory:
     """Peak resident memory of a process and all its descendants (Ray workers, engines)."""
 
@@ -155,24 +134,80 @@ def run_measured(cmd: list[str], env: dict) -> tuple[str, float, float]:
     return out, wall, peak
 
 
-def bench_raw(job: Path, env: dict, engine_process: str = "job-settings") -> dict:
-    script = Path(tempfile.mkdtemp()) / "raw.py"
-    script.write_text(RAW_SCRIPT)
-    out, wall, peak = run_measured([sys.executable, str(script), str(job), engine_process], env)
+def bench_raw(job: Path, env: dict, engine_process: str = "job-settings", prebuilt: bool = False) -> dict:
+    """benchmarks/raw_engine.py in a fresh process. `prebuilt`: its prompts are built by an
+    earlier process (language identification included), so the measured process only
+    imports vLLM, starts the engine and generates."""
+    cmd = [sys.executable, str(RAW_ENGINE), str(job), "--engine-process", engine_process]
+    if prebuilt:
+        prompts = job.with_suffix(".prompts.json")
+        run_measured([sys.executable, str(RAW_ENGINE), str(job), "--write-prompts", str(prompts)], env)
+        cmd += ["--prompts", str(prompts)]
+    out, wall, peak = run_measured(cmd, env)
     result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
-    return {"wall": wall, "startup": result["startup"], "steady": result["steady"], "rows": result["rows"],
-            "output_tokens": result["output_tokens"], "peak_gib": peak}  # fmt: skip
+    startup = {"imports": result["imported"], "engine": result["engine_ready"] - result["imported"]}
+    if not prebuilt:
+        startup["prompts"] = result["prompts_ready"] - result["engine_ready"]
+    return {"wall": wall, "startup": result["prompts_ready"], "steady": result["generated"] - result["prompts_ready"],
+            "rows": result["rows"], "output_tokens": result["output_tokens"], "peak_gib": peak,
+            "requests_sent": result["requests"], "startup_breakdown": startup}  # fmt: skip
 
 
 def bench_job(job: Path, output: Path, env: dict) -> dict:
-    out, wall, peak = run_measured([sys.executable, "-m", "batch", "run", str(job), "--overwrite"], env)
+    trace = job.with_suffix(".trace.jsonl")
+    trace.unlink(missing_ok=True)
+    out, wall, peak = run_measured([sys.executable, "-m", "batch", "run", str(job), "--overwrite"],
+                                   {**env, "BATCH_TRACE": str(trace)})  # fmt: skip
     summary = json.loads((output / "_summary.json").read_text())
     assert summary["rows_out"] == summary["rows_in"] and summary["rows_failed"] == 0, summary
-    startup = summary.get("seconds_to_first_row") or 0.0
+    timeline = job_timeline(trace)
+    startup = timeline.get("first row", 0.0)
     return {"wall": wall, "startup": startup, "steady": wall - startup, "rows": summary["rows_out"],
             "output_tokens": summary.get("output_tokens", 0), "peak_gib": peak,
             "requests_inferred": summary.get("requests_inferred"), "cache_hits": summary.get("cache_hits"),
-            "cached_rows": summary.get("cached_rows")}  # fmt: skip
+            "cached_rows": summary.get("cached_rows"), "timeline": timeline}  # fmt: skip
+
+
+# The job's trace (batch/progress.py): the first time each event happened, in seconds from
+# the driver process's start (interpreter and imports included, as for the raw engine).
+TIMELINE = (
+    ("cli started", "driver.cli_start"),
+    ("ray start begun", "driver.ray_start"),
+    ("planned", "driver.planned"),
+    ("ray connected", "driver.ray_connected"),
+    ("stream begun", "driver.stream"),
+    ("engine actor process", "infer.init:process_started"),
+    ("prepare actor process", "prepare.init:process_started"),
+    ("engine actor constructing", "infer.init"),
+    ("prepare actor constructing", "prepare.init"),
+    ("parse actor constructing", "parse.init"),
+    ("vLLM imported", "engine.build"),
+    ("engine built", "engine.built"),
+    ("engine actor ready", "infer.ready"),
+    ("prepare ready", "prepare.ready"),
+    ("parse ready", "parse.ready"),
+    ("first prepared block", "prepare.batch_out"),
+    ("first engine batch in", "infer.batch_in"),
+    ("first engine batch out", "infer.batch_out"),
+    ("first parsed+written block", "parse.batch_out"),
+    ("first row", "driver.first_row"),
+    ("first file committed", "driver.file_committed"),
+    ("published", "driver.published"),
+)
+
+
+def job_timeline(trace: Path) -> dict[str, float]:
+    events = [json.loads(line) for line in trace.read_text().splitlines()] if trace.exists() else []
+    origin = next((e["t"] for e in events if e["event"] == "driver.process_start"), None)
+    if origin is None:
+        return {}
+    timeline = {}
+    for label, key in TIMELINE:
+        event, _, field = key.partition(":")
+        times = [e.get(field) if field else e["t"] for e in events if e["event"] == event]
+        if times := [t for t in times if t is not None]:
+            timeline[label] = round(min(times) - origin, 2)
+    return timeline
 
 
 def change_share(corpus: Path, share: float, seed: int = 1) -> None:
@@ -207,7 +242,7 @@ def main() -> None:
     parser.add_argument("--duplicate-share", type=float, default=0.4)
     parser.add_argument("--changed-share", type=float, default=0.1)
     parser.add_argument("--memory-rows", default="20000,200000", help="corpus sizes for the streaming-memory check")
-    parser.add_argument("--scenarios", default="raw,job,warm,raw-dups,job-dups,memory")
+    parser.add_argument("--scenarios", default="raw,raw-prebuilt,job,warm,raw-dups,raw-dups-prebuilt,job-dups,memory")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
@@ -218,10 +253,11 @@ def main() -> None:
     model = work / "model"
     if not (model / "config.json").exists():
         build_causal_lm(model)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
     results: dict[str, dict] = {}
     scenarios = args.scenarios.split(",")
     for scenario in scenarios:
+        load = os.getloadavg()[0]  # the machine is shared: say how busy it was
         if scenario == "memory":
             for rows in (int(n) for n in args.memory_rows.split(",")):
                 corpus = work / f"memory-{rows}"
@@ -237,7 +273,7 @@ def main() -> None:
                                              "output_tokens": 0, "peak_gib": peak}  # fmt: skip
                 print(f"memory-{rows}: {json.dumps(results[f'memory-{rows}'])}", file=sys.stderr)
             continue
-        dups = args.duplicate_share if scenario.endswith("dups") else 0.0
+        dups = args.duplicate_share if "dups" in scenario else 0.0
         corpus = work / f"corpus-{dups}"
         if not corpus.exists():
             write_corpus(make_texts(args.rows, dups), corpus)
@@ -251,9 +287,11 @@ def main() -> None:
             whole = work / f"whole-{dups}.parquet"  # the raw engine reads the corpus as one file
             pq.write_table(pq.read_table(corpus), whole)
             job = job_file(work / f"{scenario}.yaml", whole, output, model, args.tokens, args.batch_size)
-            results[scenario] = bench_raw(job, env, "vllm-default" if scenario == "raw-vllm-default" else "job-settings")
+            engine_process = "vllm-default" if scenario == "raw-vllm-default" else "job-settings"
+            results[scenario] = bench_raw(job, env, engine_process, prebuilt=scenario.endswith("prebuilt"))
         else:
             results[scenario] = bench_job(job, output, env)
+        results[scenario]["load_before"] = round(load, 1)
         print(f"{scenario}: {json.dumps(results[scenario])}", file=sys.stderr)
 
     print_table(results, args)
@@ -265,25 +303,49 @@ def print_table(results: dict[str, dict], args) -> None:
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB; "
           f"python {platform.python_version()}; rows={args.rows} tokens={args.tokens} batch_size={args.batch_size}")  # fmt: skip
     header = (f"{'scenario':<14} {'rows':>7} {'wall s':>8} {'start s':>8} {'steady s':>9} {'rows/s':>8} "
-              f"{'out tok/s':>10} {'peak GiB':>9} {'inferred':>9}")  # fmt: skip
+              f"{'out tok/s':>10} {'peak GiB':>9} {'inferred':>9} {'load':>5}")  # fmt: skip
     print(header)
-    print("-" * len(header))
+    print("-" * len(header))  # load: the machine's 1-minute load average as the scenario began
     for name, r in results.items():
         print(f"{name:<14} {r['rows']:>7} {r['wall']:>8.1f} {r['startup']:>8.1f} {r['steady']:>9.1f} "
               f"{r['rows'] / r['wall']:>8.1f} {r['output_tokens'] / r['wall']:>10.1f} {r['peak_gib']:>9.2f} "
-              f"{r.get('requests_inferred', '-')!s:>9}")  # fmt: skip
-    for job, raw in (("job", "raw"), ("job-dups", "raw-dups")):
+              f"{r.get('requests_inferred', '-')!s:>9} {r.get('load_before', '-')!s:>5}")  # fmt: skip
+    for job, raw in (("job", "raw"), ("job", "raw-prebuilt"), ("job-dups", "raw-dups"), ("job-dups", "raw-dups-prebuilt")):
         if job in results and raw in results:
             ratio = (results[job]["rows"] / results[job]["wall"]) / (results[raw]["rows"] / results[raw]["wall"])
             print(f"ratio {job}/{raw} (rows/s, start-up included): {ratio:.2f}")
     if "warm" in results and "job" in results:
         print(f"warm rerun after {args.changed_share:.0%} changed / cold run (wall): "
               f"{results['warm']['wall'] / results['job']['wall']:.2f}")  # fmt: skip
+    print_startup(results)
     sizes = sorted((int(k.split("-")[1]), v) for k, v in results.items() if k.startswith("memory-"))
     if len(sizes) >= 2:
         (small, a), (large, b) = sizes[0], sizes[-1]
         print(f"peak memory {large} rows / {small} rows: {b['peak_gib'] / a['peak_gib']:.2f} "
               f"({a['peak_gib']:.2f} -> {b['peak_gib']:.2f} GiB, process tree)")  # fmt: skip
+
+
+
+def print_startup(results: dict[str, dict]) -> None:
+    """Where the seconds before the first row go, from each process's start."""
+    raws = {name: r["startup_breakdown"] for name, r in results.items() if "startup_breakdown" in r}
+    jobs = {name: r["timeline"] for name, r in results.items() if r.get("timeline")}
+    if not raws and not jobs:
+        return
+    print("\nstart-up, seconds from process start:")
+    for name, steps in raws.items():
+        parts = ", ".join(f"{step} {seconds:.1f}" for step, seconds in steps.items())
+        print(f"  {name:<18} {parts}; vLLM imported and engine built at {steps['imports'] + steps['engine']:.1f}")
+    for name, timeline in jobs.items():
+        print(f"  {name}:")
+        for label, seconds in timeline.items():
+            print(f"    {seconds:>6.1f}  {label}")
+    reference = next((raws[n] for n in ("raw-prebuilt", "raw", "raw-dups-prebuilt", "raw-dups") if n in raws), None)
+    for name, timeline in jobs.items():
+        if reference and "first row" in timeline:
+            engine = reference["imports"] + reference["engine"]
+            print(f"{name}: first row {timeline['first row']:.1f} s = raw engine's imports and start ({engine:.1f} s) "
+                  f"+ {timeline['first row'] - engine:.1f} s (target: at most + 10 s)")  # fmt: skip
 
 
 if __name__ == "__main__":

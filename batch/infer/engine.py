@@ -18,6 +18,7 @@ from typing import Literal
 from batch.config import EngineConfig, StorageConfig
 from batch.faults import fault_raise
 from batch.infer import models
+from batch.progress import trace
 from batch.tasks.base import Classification, Classify, Completion, Failure, Generate, Score, Scores
 
 log = logging.getLogger(__name__)
@@ -168,13 +169,17 @@ class Engine:
         # vLLM reads this when the engine is built; one engine per actor process, so the
         # process-wide variable is this engine's own setting.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if self.spec.in_process else "1"
+        trace("engine.import")
         from vllm import LLM
 
+        trace("engine.build")
         log.info(
             "starting vLLM engine for %s (%s on %s, engine core %s)", self.spec.model, self.spec.runner,
             self.spec.device, "in this process" if self.spec.in_process else "in its own process",
         )  # fmt: skip
-        return LLM(**self._kwargs)
+        llm = LLM(**self._kwargs)
+        trace("engine.built")
+        return llm
 
     @property
     def started(self) -> bool:

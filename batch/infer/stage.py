@@ -26,6 +26,7 @@ from batch.config import ConfigError
 from batch.infer.engine import Engine, EngineSpec
 from batch.io.storage import Location
 from batch.prepare import describe
+from batch.progress import process_started, trace
 from batch.tasks import build_task
 from batch.tasks.base import Classify, Failure, Generate, Plan, Request, Result, Score, Task, TaskConfig
 
@@ -54,6 +55,7 @@ class InferenceStage:
 
     def __init__(self, spec: StageSpec):
         started = time.monotonic()
+        trace("infer.init", process_started=process_started())
         self.spec = spec
         self.tasks: list[Task] = [build_task(name, config) for name, config in spec.tasks]
         self.engine = Engine(spec.engine)
@@ -71,10 +73,12 @@ class InferenceStage:
         self.recent: OrderedDict[Request, Result] = OrderedDict()
         self.failed_calls = 0  # engine calls failed in a row for the whole batch (Ray retries them here)
         log.info("engine ready in %.1fs", time.monotonic() - started)
+        trace("infer.ready")
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         started = time.perf_counter()
         n_rows = batch.num_rows
+        trace("infer.batch_in", rows=n_rows)
         rows = [pickle.loads(blob) for blob in batch.column(schema.PLANS).to_pylist()]
         plans = {task.name: [row[task.name] for row in rows] for task in self.tasks}
 
@@ -104,6 +108,7 @@ class InferenceStage:
         if self.cache is not None:
             self.cache.flush()  # new answers are safe in storage before the batch is done
         batch = schema.add_usage(batch, _usage_per_row(plans, unique, fresh, cached, n_rows))
+        trace("infer.batch_out", rows=n_rows, requests=len(unique), fresh=len(fresh))
         return schema.charge_busy_time(batch, schema.INFER_MS, started)
 
     def _infer(self, unique: dict[Request, Result | None], sources: dict[Request, set[bytes]]) -> tuple[set[Request], set[Request]]:
