@@ -253,3 +253,19 @@ def test_eval_a_multi_label_task_named_in_the_run_summary(tmp_path):
 
     unknown = CliRunner().invoke(eval_command, [str(out), "--task", "emotion", "--gold", "gold_topic"])
     assert unknown.exit_code != 0 and "--task emotion: neither a task kind (label, translation) nor a task of this output (topic)" in unknown.output
+
+
+def test_a_multi_label_task_against_one_gold_label_per_row_in_a_string_column(tmp_path):
+    """The sample corpus keeps one gold topic per post as a string: it is one label, not a set
+    of characters. price: tp 1 of 2 predicted, 1 gold -> F1 2/3; other: tp 1 of 1, 2 gold -> 2/3."""
+    out = tmp_path / "out"
+    rows = [{"topic": p, "gold_topic": g} for p, g in [(["price"], "price"), (["price", "other"], "other"), ([], "other")]]
+    write_corpus(None, str(out), rows, files=1)
+    (out / "_summary.json").write_text(json.dumps(
+        {"tasks": [{"name": "topic", "kind": "label", "column": "topic", "labels": ["price", "other"], "multi": True}]}))
+    report_path = tmp_path / "topic.json"
+    result = CliRunner().invoke(eval_command, [str(out), "--task", "topic", "--gold", "gold_topic", "--json", str(report_path)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    assert set(report["per_class"]) == {"price", "other"}
+    assert report["macro_f1"] == pytest.approx(2 / 3) and report["exact_match"] == pytest.approx(1 / 3)

@@ -618,7 +618,7 @@ def _score_single(predictions: Sequence[str | None], gold: Sequence[str | None],
 def _score_multi(predictions: Sequence[Any], gold: Sequence[Any], labels: Sequence[str] | None) -> dict:
     """Each label a yes/no decision per row: per-label P/R/F1, macro-F1 (mean over labels),
     micro-F1 (over all decisions), exact match (the row's whole set right)."""
-    pairs = [(set(g), set(p or ())) for g, p in zip(gold, predictions) if g is not None]
+    pairs = [(_label_set(g), _label_set(p)) for g, p in zip(gold, predictions) if g is not None]
     if not pairs:
         raise ValueError("no row has a gold label")
     seen = set().union(*(g | p for g, p in pairs))
@@ -638,6 +638,14 @@ def _score_multi(predictions: Sequence[Any], gold: Sequence[Any], labels: Sequen
         "micro_f1": _f1(tp, sum(len(p) for _, p in pairs), sum(len(g) for g, _ in pairs))["f1"],
         "per_class": per_class,
     }
+
+
+def _label_set(value: Any) -> set[str]:
+    """A row's labels as a set: a list column's values, or one gold label kept in a string
+    column (the sample corpus's `gold_topic`), which is one label, not its characters."""
+    if value is None:
+        return set()
+    return {value} if isinstance(value, str) else set(value)
 
 
 def format_score(report: dict[str, Any]) -> str:
