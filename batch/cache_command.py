@@ -81,9 +81,15 @@ def compact(job_file, overrides, grace_hours):
 
     job = _job(job_file, overrides)
     grace = timedelta(hours=job.cache.version_grace_hours if grace_hours is None else grace_hours)
-    for done in compact_all(_root(job), job.cache.retention_days, grace):
+    root = _root(job)
+    click.echo(f"cache {root.uri}")
+    compacted = 0
+    for done in compact_all(root, job.cache.retention_days, grace):
+        compacted += 1
         click.echo(f"  {done.folder}: {done.entries:,} entries, {done.dropped:,} dropped, "
                    f"files {done.files_before} -> {done.files_after}")  # fmt: skip
+    if not compacted:
+        click.echo("  empty: nothing to compact")
 
 
 @cache.command()

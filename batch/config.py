@@ -305,6 +305,8 @@ def format_validation_error(exc: ValidationError, root: type[BaseModel] | None =
             lines.append(f"  {loc}: unknown key{hint}")
         elif err["type"] == "missing":
             lines.append(f"  {loc}: required")
+        elif err["type"] == "value_error":  # our validators' own words, without pydantic's prefix
+            lines.append(f"  {loc}: {err['ctx']['error']}")
         else:
             lines.append(f"  {loc}: {err['msg']}")
     return "\n".join(lines)
