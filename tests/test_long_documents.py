@@ -286,3 +286,26 @@ def test_uncovered_source_without_fallback_is_flagged_or_skipped_and_counted():
         schema.ERROR: pa.nulls(3, pa.string()), schema.SKIP_REASON: pa.nulls(3, pa.string()),
     })  # fmt: skip
     assert schema.outcome_counts(batch)["flagged: unsupported_language (th)"] == 2  # rows, not columns
+
+
+def test_the_token_counter_loads_a_tokenizer_json_without_torch(tmp_path):
+    """The prepare actor counts tokens while the engine beside it starts: loading the model's
+    tokenizer.json must not import torch (seconds of CPU), and must count as AutoTokenizer does."""
+    import subprocess
+    import sys
+
+    from transformers import AutoTokenizer
+
+    from batch.demo.models import build_causal_lm
+    from batch.text.tokens import load_counter
+
+    model = build_causal_lm(tmp_path / "chat")
+    script = ("import sys; from batch.text.tokens import load_counter; "
+              f"c = load_counter({str(model)!r}, None); print(c.max_model_len, 'torch' in sys.modules)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    assert out[1] == "False", "loading the token counter imported torch"
+    counter, auto = load_counter(str(model), None), AutoTokenizer.from_pretrained(model)
+    assert int(out[0]) == counter.max_model_len
+    chat = [{"role": "system", "content": "x"}, {"role": "user", "content": SENTENCES["th"][0] * 20}]
+    for text in [*(sentences[0] for sentences in SENTENCES.values()), auto.apply_chat_template(chat, tokenize=False)]:
+        assert counter.count(text) == len(auto(text, add_special_tokens=False)["input_ids"])

@@ -1,7 +1,7 @@
 """Counting what a request costs in the serving model's own tokens, without an engine.
 
-The prepare stage loads the model's tokenizer (transformers' AutoTokenizer, from the same
-folder vLLM loads) and hands each task a `TokenCounter`. It counts a prompt exactly the
+The prepare stage loads the model's tokenizer (its `tokenizer.json` through transformers,
+from the same folder vLLM loads) and hands each task a `TokenCounter`. It counts a prompt exactly the
 way the engine does (batch/infer/engine.py): the chat template rendered to text, then
 tokenized without special tokens. So a piece the counter says fits is a piece the engine
 accepts, in every script: the demo tokenizer spends about three tokens on a Chinese
@@ -10,7 +10,9 @@ character and one or less on a Latin one, which no character budget can follow.
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
+from pathlib import Path
 from typing import Callable, Sequence
 
 Messages = Sequence[tuple[str, str]]
@@ -93,10 +95,38 @@ def largest_fitting(room: int, cost_of: Callable[[int], int]) -> int:
 def load_counter(model_path: str, max_model_len: int | None, trust_remote_code: bool = False) -> TokenCounter:
     """The tokenizer of a local model folder (resolved from s3:// by the caller). With no
     max_model_len set, the model's own context length from its config.json."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    tokenizer = _tokenizer(model_path, trust_remote_code)
     if max_model_len is None:
-        config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-        max_model_len = getattr(config, "max_position_embeddings", None) or tokenizer.model_max_length
+        max_model_len = _context_length(model_path, trust_remote_code) or tokenizer.model_max_length
     return TokenCounter(tokenizer, int(max_model_len))
+
+
+def _tokenizer(model_path: str, trust_remote_code: bool):
+    """A folder with a `tokenizer.json` is loaded as a fast tokenizer directly: the same
+    file and chat template AutoTokenizer would load, without AutoTokenizer's import of torch
+    (4-5 s of CPU in the prepare actor, while the engine beside it starts). Other folders
+    (sentencepiece only, or the repository's own code) go through AutoTokenizer."""
+    if not trust_remote_code and (Path(model_path) / "tokenizer.json").is_file():
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast.from_pretrained(model_path)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+
+
+def _context_length(model_path: str, trust_remote_code: bool) -> int | None:
+    """max_position_embeddings from config.json (or its text_config), read as JSON; the
+    repository's own code, or a config without it, through AutoConfig."""
+    try:
+        config = json.loads((Path(model_path) / "config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    for section in (config, config.get("text_config") or {}):
+        if isinstance(section, dict) and isinstance(section.get("max_position_embeddings"), int):
+            return section["max_position_embeddings"]
+    if not config or trust_remote_code:
+        from transformers import AutoConfig
+
+        return getattr(AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code), "max_position_embeddings", None)
+    return None
