@@ -19,15 +19,14 @@ from batch.io.storage import Location, retrying
 CARD = "finetune.json"
 
 
-def build_card(spec: FinetuneSpec, splits: Splits, run_identity: str, progress: dict, resumed_after: int) -> dict[str, Any]:
-    from batch.infer import models
-
+def build_card(spec: FinetuneSpec, splits: Splits, base, run_identity: str, progress: dict, resumed_after: int) -> dict[str, Any]:
+    """`base`: the base model's Weights, identified once on the driver (batch/infer/models.py)."""
     return {
         "name": spec.name,
         "task": spec.task,
         "method": spec.method,
         "serve_as": _serve_as(spec),
-        "base_model": {"uri": spec.base_model, "identity": models.identify(spec.base_model, spec.storage).content},
+        "base_model": {"uri": spec.base_model, "identity": base.content},
         "labels": spec.labels if spec.task == "sentiment" else None,
         "target_language": spec.target_language,
         "data": {"uris": spec.data.uris, "fingerprint": splits.fingerprint, "rows": splits.counts,

@@ -27,7 +27,10 @@ def check_base_model(spec: FinetuneSpec) -> None:
 def run_finetune(spec: FinetuneSpec, *, ray_address: str | None = None, echo: Callable[[str], None] = print) -> dict[str, Any]:
     check_base_model(spec)
     splits = data.load_splits(spec)
-    run_identity = train.identity(spec, splits)
+    # the base model's content identity, once, on the driver: the run's identity, the card and
+    # every training worker use these exact weights (pinned S3 versions), never a re-listing
+    base = models.identify(spec.base_model, spec.storage)
+    run_identity = train.identity(spec, splits, base)
     echo(f"finetune {spec.name}: {spec.method} on {spec.base_model}, {splits.counts['train']} train / "
          f"{splits.counts['held_out']} held-out rows (data {splits.fingerprint}), {spec.scaling.workers} workers")  # fmt: skip
     resume, progress = train.newest_checkpoint(spec, run_identity)
@@ -37,11 +40,11 @@ def run_finetune(spec: FinetuneSpec, *, ray_address: str | None = None, echo: Ca
         from batch.pipeline import connect_ray
 
         connect_ray(ray_address)
-        resume = train.fit(spec, splits, run_identity, resume, echo)
-    return _publish(spec, splits, run_identity, resume, progress["epoch"])
+        resume = train.fit(spec, splits, base, run_identity, resume, echo)
+    return _publish(spec, splits, base, run_identity, resume, progress["epoch"])
 
 
-def _publish(spec: FinetuneSpec, splits, run_identity: str, last: str, resumed_after: int) -> dict[str, Any]:
+def _publish(spec: FinetuneSpec, splits, base, run_identity: str, last: str, resumed_after: int) -> dict[str, Any]:
     from ray.train import Checkpoint
 
     from batch.io.storage import Location, filesystem_for
@@ -49,6 +52,6 @@ def _publish(spec: FinetuneSpec, splits, run_identity: str, last: str, resumed_a
     location = Location(last, spec.storage)
     with Checkpoint(path=location.path, filesystem=filesystem_for(last, spec.storage)).as_directory() as folder:
         progress = json.loads((Path(folder) / train.PROGRESS).read_text())
-        model_card = card.build_card(spec, splits, run_identity, progress, resumed_after)
+        model_card = card.build_card(spec, splits, base, run_identity, progress, resumed_after)
         card.publish(spec, Path(folder) / train.MODEL, model_card)
     return model_card

@@ -39,11 +39,11 @@ STATE = "state.pt"  # trainable weights and optimizer
 MODEL = "model"  # in the last checkpoint: the folder the job serves
 
 
-def identity(spec: FinetuneSpec, splits: Splits) -> str:
+def identity(spec: FinetuneSpec, splits: Splits, base: models.Weights) -> str:
     """What makes two runs the same training: checkpoints are filed under it."""
     shaping = spec.model_dump(mode="json", include={"task", "method", "labels", "target_language", "lora", "training"})
     shaping["adapter"] = spec.adapter.model_dump() if spec.adapter else None
-    shaping["base"] = models.identify(spec.base_model, spec.storage).content
+    shaping["base"] = base.content
     shaping["data"] = splits.fingerprint
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -61,7 +61,8 @@ def newest_checkpoint(spec: FinetuneSpec, run_identity: str) -> tuple[str | None
     return best
 
 
-def fit(spec: FinetuneSpec, splits: Splits, run_identity: str, resume: str | None, echo: Callable[[str], None]):
+def fit(spec: FinetuneSpec, splits: Splits, base: models.Weights, run_identity: str, resume: str | None,
+        echo: Callable[[str], None]):  # fmt: skip
     """Run the TorchTrainer; returns the URI of the last checkpoint."""
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -71,7 +72,7 @@ def fit(spec: FinetuneSpec, splits: Splits, run_identity: str, resume: str | Non
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"spec": spec.model_dump(mode="json"), "train": splits.train,
-                           "held_out": splits.held_out, "resume": resume, "verbose": verbose()},  # fmt: skip
+                           "held_out": splits.held_out, "resume": resume, "verbose": verbose(), "base": base},  # fmt: skip
         scaling_config=_scaling(spec),
         run_config=ray.train.RunConfig(
             name=f"attempt-{time.strftime('%Y%m%dT%H%M%S')}",
@@ -114,7 +115,7 @@ def train_loop(config: dict[str, Any]) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(max(1, int(spec.scaling.cpus_per_worker)))
     torch.manual_seed(spec.training.seed)  # same initial head on every rank
-    model, tokenizer = load_model(spec)
+    model, tokenizer = load_model(spec, config["base"])
     task = serving_task(spec)
     train = [encode(tokenizer, task, spec, row) for row in config["train"]]
     optimizer = torch.optim.AdamW(
@@ -144,12 +145,12 @@ def train_loop(config: dict[str, Any]) -> None:
             fault_point("finetune.after_epoch")  # crash tests: the checkpoint of this epoch is stored
 
 
-def load_model(spec: FinetuneSpec):
+def load_model(spec: FinetuneSpec, base: models.Weights):
     """The model as training starts: base weights (a fresh classification head where the base
     has none, or other labels), with the LoRA the spec asks for."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    local = models.resolve(models.identify(spec.base_model, spec.storage), spec.storage)
+    local = models.resolve(base, spec.storage)  # the driver's identified weights, fetched once per node
     tokenizer = AutoTokenizer.from_pretrained(local)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
