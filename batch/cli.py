@@ -143,7 +143,11 @@ def _disconnect_ray() -> None:
         return
 
     if ray.is_initialized():
+        from batch.progress import trace
+
+        trace("driver.ray_shutdown")
         ray.shutdown()
+        trace("driver.ray_stopped")
 
 
 @main.command()
