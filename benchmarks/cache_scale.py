@@ -35,7 +35,7 @@ import psutil
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import REPO, change_share, job_file, make_texts, write_corpus  # noqa: E402
+from throughput import REPO, change_share, job_file, make_texts, run_measured, write_corpus  # noqa: E402
 
 SYNTH_CHUNK = 1_000_000
 
@@ -90,17 +90,8 @@ class ActorMemory:
 
 
 def run_job(job: Path, output: Path, cache: Path, env: dict) -> dict:
-    import subprocess
-
     cmd = [sys.executable, "-m", "batch", "run", str(job), "--overwrite", "--output", str(output), "--set", f"cache.uri={cache}"]
-    started = time.time()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    memory = ActorMemory(proc.pid)
-    out, err = proc.communicate()
-    wall = time.time() - started
-    measured = memory.stop()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{cmd} failed ({proc.returncode}):\n{out[-3000:]}\n{err[-3000:]}")
+    _, wall, measured = run_measured(cmd, env, ActorMemory)
     summary = json.loads((output / "_summary.json").read_text())
     return {"wall": wall, **measured, "requests_inferred": summary.get("requests_inferred"),
             "cached_rows": summary.get("cached_rows"), "rows": summary.get("rows_out")}  # fmt: skip

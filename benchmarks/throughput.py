@@ -38,6 +38,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pyarrow as pa
@@ -122,10 +123,12 @@ class PeakMemory:
         return self.peak / 2**30
 
 
-def run_measured(cmd: list[str], env: dict) -> tuple[str, float, float]:
+def run_measured(cmd: list[str], env: dict, sampler=None) -> tuple[str, float, Any]:
+    """stdout, wall seconds, and what the memory sampler measured (default: the whole
+    process tree's peak GiB; benchmarks/cache_scale.py passes its per-actor sampler)."""
     started = time.time()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    memory = PeakMemory(proc.pid)
+    memory = (sampler or PeakMemory)(proc.pid)
     out, err = proc.communicate()
     wall = time.time() - started
     peak = memory.stop()
