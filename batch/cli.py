@@ -143,10 +143,11 @@ def _disconnect_ray() -> None:
         return
 
     if ray.is_initialized():
+        from batch.pipeline import stop_ray
         from batch.progress import trace
 
         trace("driver.ray_shutdown")
-        ray.shutdown()
+        stop_ray()
         trace("driver.ray_stopped")
 
 

@@ -23,7 +23,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 
@@ -34,7 +34,7 @@ from batch.infer import models
 from batch.infer.engine import EngineSpec, batch_size_for, resolve_engine_settings
 from batch.infer.stage import EngineCallFailed, EngineHealth, InferenceStage, StageSpec
 from batch.io.lease import Lease, LeaseHeld, LeaseLost
-from batch.io.read import BadInput, InputFile, make_reader, output_schema, plan_inputs, read_slices
+from batch.io.read import BadInput, InputFile, first_texts, make_reader, output_schema, plan_inputs, read_slices
 from batch.io.storage import Location
 from batch.io.write import MANIFEST, STAGING, FileProgress, Output, make_part_writer
 from batch.parse import ParseStage
@@ -140,6 +140,14 @@ def check_models(job: JobConfig) -> None:
         raise ConfigError("\n".join(problems))
 
 
+# Ray settings for a local cluster that lives for one run (measured: BENCHMARKS.md, "Start-up"):
+# - no idle workers started ahead of need: the job's actors start processes of their own,
+#   so the pre-started ones only took CPU from the engine's start;
+# - no metrics: with no dashboard nothing reads them, and the driver's exit waited 10 s
+#   (in most runs) on a last export to Ray's agent.
+LEAN_LOCAL_CLUSTER = {"RAY_prestart_worker_first_driver": "0", "RAY_enable_metrics_collection": "0"}
+
+
 def connect_ray(address: str | None) -> None:
     import ray
 
@@ -150,8 +158,34 @@ def connect_ray(address: str | None) -> None:
     # A local cluster lives for one run: no dashboard, whose processes take CPU from the
     # engine while it starts (the progress lines and _summary.json say what it would).
     extra = {"include_dashboard": False, "runtime_env": quiet_workers_env()} if address == "local" else {}
+    if address == "local":
+        for name, value in LEAN_LOCAL_CLUSTER.items():  # read by the processes ray.init starts
+            os.environ.setdefault(name, value)
     ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING, **extra)
     quiet_ray_data()
+
+
+def stop_ray() -> None:
+    """End this process's Ray session; a local cluster it started ends whole. Ray's own
+    shutdown ends the raylet, GCS and its workers, but the raylet's agents (dashboard and
+    runtime-env agents) outlive a raylet that did not stop within Ray's one-second grace:
+    orphaned, they waited minutes on a GCS that was gone. They are ended here."""
+    import psutil
+    import ray
+
+    agents = []
+    for child in psutil.Process().children():
+        try:
+            if child.name() == "raylet":
+                agents += child.children(recursive=True)
+        except psutil.Error:
+            pass
+    ray.shutdown()
+    for agent in agents:
+        try:
+            agent.kill()  # only if still running: psutil checks the process is the same one
+        except psutil.Error:
+            pass
 
 
 class RayStart:
@@ -385,6 +419,10 @@ def _process(
 ) -> None:
     import ray
 
+    files = [p.file for p in progress.values()]
+    # the run's first texts, read while Ray starts: the actors warm their language detectors
+    # on them, so the first block does not wait for models to load
+    warm_up_texts = first_texts(read_slices(files, union)[0], job.input, job.storage)
     ray_start.wait()
     trace("driver.ray_connected")
     device = detect_device(job)
@@ -396,7 +434,6 @@ def _process(
         for g in groups
     ]  # fmt: skip
 
-    files = [p.file for p in progress.values()]
     cache_uri = job.cache.uri if job.cache.enabled else None
     text_spec = TextStageSpec(
         tasks=tuple((name, config) for group in groups for name, config in group.tasks),
@@ -408,6 +445,7 @@ def _process(
         max_model_lens={name: group.spec.max_model_len for group in groups for name, _ in group.tasks},
         weights={w.uri: w for group in groups for w in group.spec.weights},
         privacy=job.privacy,
+        warm_up_texts=warm_up_texts,
     )
     text_stage = dict(
         batch_format="pyarrow",
@@ -417,14 +455,18 @@ def _process(
     # An engine error for a whole batch is retried by Ray on the same actor (bounded by the
     # inference stage's max_task_retries); only this class, so other stages' errors still stop the run.
     ray.data.DataContext.get_current().actor_task_retry_on_errors = [EngineCallFailed]
-    health = ray.remote(num_cpus=0)(EngineHealth).remote()
-    dataset = ray.data.from_items(read_slices(files, union), override_num_blocks=max(1, len(files)))
+    health = f"engine-health-{run_id}"  # EngineHealth's name: the actor starts with the first engine failure
+    # The unit that flows is a slice: about one engine call's rows (whole row groups), read
+    # by a task of its own. Every later stage takes whole blocks as they come (batch_size
+    # None), one per task: Ray Data hands a task's output on only when the task ends, so a
+    # task over tens of thousands of rows, or over several blocks (a row count bundles
+    # them), kept the engine, then the writer, waiting for all of it.
+    batch_rows = batch_size_for(job.engine, device)
+    slices = read_slices(files, union, rows_per_slice=batch_rows)
+    dataset = ray.data.from_items(slices, override_num_blocks=max(1, len(slices)))
     dataset = dataset.map_batches(
         make_reader(job.input, job.storage), batch_size=1, batch_format="pyarrow", num_cpus=TEXT_STAGE_CPUS
     )
-    # Prepare and parse take whole blocks as they come (batch_size None): Ray Data fuses the
-    # read into the prepare actor, and a row count there would bundle several slices into
-    # one long task whose output reaches the engine only at its end.
     dataset = dataset.map_batches(
         traced(PrepareStage, "prepare"), fn_constructor_kwargs={"spec": text_spec}, batch_size=None, **text_stage
     )
@@ -443,7 +485,7 @@ def _process(
                     health=health,
                 )
             },
-            batch_size=batch_size_for(job.engine, device),
+            batch_size=None,  # one block (a slice): one engine call
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=job.engine.replicas),
             **_actor_resources(job, device),
@@ -457,25 +499,31 @@ def _process(
     total = sum(p.file.rows for p in progress.values())
     trace("driver.stream")
     try:
-        _consume(dataset.iter_rows(), progress, committed, output, summary, total, echo)
-    except Exception as exc:  # noqa: BLE001 - anything that stops the stream stops the run
-        engine_failure = _engine_failure(health)
-        raise RunFailed(
-            f"processing stopped: {'EngineFailed: ' + engine_failure if engine_failure else _root_cause(exc)}. "
-            f"{len(committed)} input files are committed; rerun the same command to resume from there."
-        ) from exc
-    _report_engine_restarts(ray.get(health.report.remote())["restarts"], summary, echo)
+        try:
+            _consume(_records(dataset), progress, committed, output, summary, total, echo)
+        except Exception as exc:  # noqa: BLE001 - anything that stops the stream stops the run
+            engine_failure = _engine_health(health, timeout=30)["failure"]
+            raise RunFailed(
+                f"processing stopped: {'EngineFailed: ' + engine_failure if engine_failure else _root_cause(exc)}. "
+                f"{len(committed)} input files are committed; rerun the same command to resume from there."
+            ) from exc
+        _report_engine_restarts(_engine_health(health)["restarts"], summary, echo)
+    finally:
+        EngineHealth.end(health)
 
 
-def _engine_failure(health) -> str | None:
-    """Why an engine stage gave up, if one did (Ray Data passes the driver only a generic
-    "UDF failed" for a stage's exception); None if Ray itself can no longer say."""
+def _engine_health(name: str, timeout: float | None = None) -> dict:
+    """The EngineHealth report: how often each engine died and why a stage gave up (Ray
+    Data passes the driver only a generic "UDF failed" for a stage's exception). Empty if
+    no engine failed (the actor never started) or Ray itself can no longer say."""
     import ray
 
+    nothing = {"restarts": {}, "failure": None}
     try:
-        return ray.get(health.report.remote(), timeout=30)["failure"]
+        actor = EngineHealth.handle(name)
+        return nothing if actor is None else ray.get(actor.report.remote(), timeout=timeout)
     except Exception:  # noqa: BLE001 - the run is failing already; keep its own cause
-        return None
+        return nothing
 
 
 def _report_engine_restarts(restarts: dict[str, dict], summary: RunSummary, echo) -> None:
@@ -484,6 +532,14 @@ def _report_engine_restarts(restarts: dict[str, dict], summary: RunSummary, echo
     for model, deaths in restarts.items():
         n, error = deaths["restarts"], deaths["last_error"]
         echo(f"engine for {model} died {n} time(s), restarted each time; last error: {error}")
+
+
+def _records(dataset) -> Iterator[dict]:
+    """The parse stage's part records, each block as soon as it is done: `iter_rows`
+    prefetches one block, so it held every block until the next one was done (the first
+    row waited for the second block; measured 2 s)."""
+    for block in dataset.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
+        yield from block.to_pylist()
 
 
 def _consume(records, progress, committed, output: Output, summary: RunSummary, total: int, echo) -> None:

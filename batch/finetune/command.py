@@ -50,5 +50,7 @@ def metrics_table(metrics: dict) -> str:
 def _disconnect_ray() -> None:
     import ray
 
+    from batch.pipeline import stop_ray
+
     if ray.is_initialized():
-        ray.shutdown()
+        stop_ray()

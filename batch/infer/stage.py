@@ -47,7 +47,7 @@ class StageSpec:
     cache_uri: str | None = None  # the result cache (batch/cache.py); None: off
     text_column: str = "text"  # its rows' texts name the answers they caused (`cache forget`)
     max_restarts: int = 3  # engine.max_restarts
-    health: Any = None  # the run's EngineHealth actor (a Ray actor handle); None: deaths are not counted
+    health: str | None = None  # the name of the run's EngineHealth actor; None: deaths are not counted
 
 
 class InferenceStage:
@@ -58,13 +58,16 @@ class InferenceStage:
         trace("infer.init", process_started=process_started())
         self.spec = spec
         self.tasks: list[Task] = [build_task(name, config) for name, config in spec.tasks]
+        trace("infer.tasks_built")
         self.engine = Engine(spec.engine)
+        trace("infer.engine_resolved")
         if self.engine.labels:  # a classifier: its labels must map onto each task's (hub models land here)
             for task in self.tasks:
                 if problems := task.check_model_labels(dict(enumerate(self.engine.labels))):
                     raise ConfigError("; ".join(problems))
         self.provenance = dict(spec.provenance)
         self.cache = self._open_cache()
+        trace("infer.cache_opened")
         # A warm cache defers the engine to its first miss: a fully cached run never starts it.
         if self.cache is None or self.cache.empty:
             self.engine.llm  # noqa: B018 - start it now
@@ -205,7 +208,7 @@ class InferenceStage:
             return None
         import ray
 
-        return ray.get(getattr(self.spec.health, method).remote(*args))
+        return ray.get(getattr(EngineHealth.handle(self.spec.health, create=True), method).remote(*args))
 
 
 class EngineCallFailed(Exception):
@@ -218,9 +221,35 @@ class EngineFailed(Exception):
 
 
 class EngineHealth:
-    """One per run, a Ray actor started by the driver: how often each model's engine died
-    and its last error, and why an engine stage gave up. An engine actor's own memory dies
-    with its process; this count bounds restarts and tells the driver about them."""
+    """One per run, a named Ray actor: how often each model's engine died and its last
+    error, and why an engine stage gave up. An engine actor's own memory dies with its
+    process; this count bounds restarts and tells the driver about them.
+
+    It starts only when an engine first fails (a healthy run pays no process for it, which
+    on a small machine is CPU taken from the engine's start), detached so that it outlives
+    the engine actor that created it; the driver ends it with the run (`end`)."""
+
+    NAMESPACE = "batch-engine-health"
+
+    @staticmethod
+    def handle(name: str, create: bool = False):
+        """The run's actor (created if `create` and not there yet); None if there is none."""
+        import ray
+
+        if create:
+            options = dict(name=name, namespace=EngineHealth.NAMESPACE, get_if_exists=True, lifetime="detached", num_cpus=0)
+            return ray.remote(EngineHealth).options(**options).remote()
+        try:
+            return ray.get_actor(name, namespace=EngineHealth.NAMESPACE)
+        except ValueError:
+            return None
+
+    @staticmethod
+    def end(name: str) -> None:
+        import ray
+
+        if (actor := EngineHealth.handle(name)) is not None:
+            ray.kill(actor)
 
     def __init__(self):
         self.deaths: dict[str, int] = {}
