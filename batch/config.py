@@ -90,7 +90,7 @@ class EngineConfig(Strict):
         "default: one per replica",
     )  # fmt: skip
     batch_size: int | None = Field(
-        default=None, ge=1, description="rows handed to an actor per call; default 1024 (see batch_size_for)"
+        default=None, ge=1, description="rows per slice: one read task, one engine call (whole row groups); default 1024 (see batch_size_for)"
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     tensor_parallel_size: int = Field(default=1, ge=1)

@@ -251,13 +251,15 @@ def test_a_file_failing_mid_read_becomes_one_marker_and_no_part(tmp_path):
     config = InputConfig(uris=[str(tmp_path / "in" / "i-corrupt-page.parquet")], id_column="post_id")
     files, bad = plan_inputs(config, StorageConfig())
     assert not bad and files[0].rows == 5000
-    slices = pa.Table.from_pylist(read_slices(files, output_schema(files)))
+    slices = pa.Table.from_pylist(read_slices(files, output_schema(files), rows_per_slice=65_536))
     blocks = list(make_reader(config, StorageConfig())(slices))
-    assert [block.num_rows for block in blocks] == [4096, 1]
-    assert blocks[0].schema == blocks[1].schema
-    (reason,) = blocks[1].column("__read_error").to_pylist()
+    # the run's first slice is cut to its first 64 rows (FIRST_SLICE_ROWS), read on their own
+    assert [block.num_rows for block in blocks] == [64, 4032, 1]
+    assert blocks[0].schema == blocks[1].schema == blocks[2].schema
+    (reason,) = blocks[2].column("__read_error").to_pylist()
     assert reason.startswith("not a readable Parquet file: OSError: Couldn't deserialize thrift")
-    assert blocks[0].column("__read_error").null_count == 4096
+    assert blocks[0].column("__read_error").null_count + blocks[1].column("__read_error").null_count == 4096
+    blocks = [pa.concat_tables(blocks[:2]), blocks[2]]
 
     batch = pa.concat_tables(blocks).append_column("error", pa.nulls(4097, pa.string()))
     batch = batch.append_column("skip_reason", pa.nulls(4097, pa.string()))
@@ -265,6 +267,41 @@ def test_a_file_failing_mid_read_becomes_one_marker_and_no_part(tmp_path):
     (record,) = make_part_writer(staging, "run-1")(batch).to_pylist()
     assert record["unreadable"] == reason and record["part"] is None and record["rows"] == 0
     assert not (tmp_path / "staging").exists()
+
+
+def test_the_first_slice_is_split_by_rows_and_every_row_is_read_once(tmp_path):
+    """The run's first slice is cut in two by row count (a small first block reaches the
+    engine first): the two slices read every row exactly once, in order, across row groups."""
+    from batch.config import InputConfig, StorageConfig
+    from batch.io.read import make_reader, output_schema, plan_inputs, read_slices
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    ids = [f"p{i:03d}" for i in range(150)]
+    pq.write_table(pa.table({"post_id": ids, "text": ["t"] * 150}), folder / "a.parquet", row_group_size=50)
+    pq.write_table(pa.table({"post_id": ["q1"], "text": ["t"]}), folder / "b.parquet")
+    config = InputConfig(uris=[str(folder)], id_column="post_id")
+    files, _ = plan_inputs(config, StorageConfig())
+    planned = read_slices(files, output_schema(files), first_rows=64)
+    assert [(s["take_rows"], s["skip_rows"]) for s in planned] == [(64, 0), (86, 64), (None, 0)]
+    blocks = list(make_reader(config, StorageConfig())(pa.Table.from_pylist(planned)))
+    assert [b.num_rows for b in blocks][:1] == [64]
+    assert [i for b in blocks for i in b.column("post_id").to_pylist()] == [*ids, "q1"]
+    # a first slice no larger than the cut is not split
+    assert [s["take_rows"] for s in read_slices(files, None, first_rows=150)] == [None, None]
+
+    # a row group larger than a slice (pyarrow writes up to a million rows per group) is
+    # cut by row count, into at most MAX_PIECES_PER_GROUP pieces
+    many = [f"m{i:05d}" for i in range(5000)]
+    pq.write_table(pa.table({"post_id": many, "text": ["t"] * 5000}), folder / "a.parquet")  # one group
+    (tmp_path / "in" / "b.parquet").unlink()
+    files, _ = plan_inputs(config, StorageConfig())
+    planned = read_slices(files, output_schema(files), rows_per_slice=1024, first_rows=64)
+    assert [(s["skip_rows"], s["take_rows"]) for s in planned] == [
+        (0, 64), (64, 936), (1000, 1000), (2000, 1000), (3000, 1000), (4000, 1000)]  # fmt: skip
+    blocks = list(make_reader(config, StorageConfig())(pa.Table.from_pylist(planned)))
+    assert [i for b in blocks for i in b.column("post_id").to_pylist()] == many
+    assert len(read_slices(files, None, rows_per_slice=100)) == 16 + 1  # 16 pieces, the first cut again
 
 
 def test_conflicting_column_types_stop_before_any_engine(tmp_path):

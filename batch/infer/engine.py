@@ -90,7 +90,7 @@ def resolve_engine_settings(config: EngineConfig, device: Literal["cpu", "cuda"]
 
 
 def batch_size_for(config: EngineConfig, device: Literal["cpu", "cuda"]) -> int:
-    """1024 rows per call on both devices. Measured on the CPU build (BENCHMARKS.md): 256
+    """1024 rows per slice (one engine call) on both devices. Measured on the CPU build (BENCHMARKS.md): 256
     left the engine idle between calls (job/raw 0.77), 1024 reached 0.87. On GPUs it keeps
     requests in flight at 4x vLLM's default max_num_seqs (256)."""
     return config.batch_size or 1024

@@ -21,6 +21,7 @@ URI (`storage.storage_fault` tells the two apart).
 
 from __future__ import annotations
 
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,6 +35,11 @@ from batch.config import ConfigError, InputConfig, StorageConfig
 from batch.io.storage import Location, expand_input, storage_error, storage_fault
 
 READ_BATCH_ROWS = 4096  # rows per block handed downstream; bounds memory per read task
+# The run's first slice is cut to this many rows, read by a task of its own: the first
+# block through prepare, the engine and parse is small, so the first answers are written
+# as soon as the engine is up instead of after a full batch (BENCHMARKS.md, "Start-up").
+FIRST_SLICE_ROWS = 64
+MAX_PIECES_PER_GROUP = 16
 
 
 @dataclass(frozen=True)
@@ -142,23 +148,70 @@ def unreadable_reason(exc: BaseException) -> str:
     return f"not a readable Parquet file: {type(exc).__name__}: {detail}"
 
 
-def read_slices(files: list[InputFile], union: pa.Schema | None, rows_per_slice: int = 65_536) -> list[dict]:
-    """Split files into runs of whole row groups of about `rows_per_slice` rows: the unit
-    of one read task. Each slice carries the schema its rows leave the reader in: `union`,
-    which the caller plans over every input file (`output_schema`), those committed by an
-    earlier attempt included, so that every part of one output has one schema."""
+def read_slices(
+    files: list[InputFile], union: pa.Schema | None, rows_per_slice: int = 1024, first_rows: int = FIRST_SLICE_ROWS
+) -> list[dict]:
+    """Split files into slices, the unit of one read task and of one block downstream:
+    runs of whole row groups of about `rows_per_slice` rows. A row group larger than that
+    (pyarrow writes up to a million rows per group) is cut by row count into at most
+    MAX_PIECES_PER_GROUP pieces: each piece decodes the group up to its own rows, so more
+    pieces would cost more decoding than they save in waiting. The run's first slice is cut
+    again to its first `first_rows` rows (FIRST_SLICE_ROWS).
+
+    Each slice carries the schema its rows leave the reader in: `union`, which the caller
+    plans over every input file (`output_schema`), those committed by an earlier attempt
+    included, so that every part of one output has one schema."""
     target = union.serialize().to_pybytes() if union is not None else None
     slices = []
     for file in files:
         start, rows = 0, 0
         for index, group_rows in enumerate(file.row_groups):
+            if group_rows > rows_per_slice:
+                if start < index:
+                    slices.append(_slice(file, start, index, target))
+                pieces = min(MAX_PIECES_PER_GROUP, math.ceil(group_rows / rows_per_slice))
+                size = math.ceil(group_rows / pieces)
+                for offset in range(0, group_rows, size):
+                    slices.append(_slice(file, index, index + 1, target, skip=offset, take=min(size, group_rows - offset)))
+                start, rows = index + 1, 0
+                continue
             rows += group_rows
             if rows >= rows_per_slice:
-                slices.append({"uri": file.uri, "first_group": start, "end_group": index + 1, "schema": target})
+                slices.append(_slice(file, start, index + 1, target))
                 start, rows = index + 1, 0
         if start < len(file.row_groups) or not file.row_groups:
-            slices.append({"uri": file.uri, "first_group": start, "end_group": len(file.row_groups), "schema": target})
+            slices.append(_slice(file, start, len(file.row_groups), target))
+    for position, item in enumerate(slices):
+        rows = _slice_rows(item, files)
+        if rows > first_rows:
+            head = {**item, "take_rows": first_rows}
+            tail = {**item, "skip_rows": item["skip_rows"] + first_rows, "take_rows": rows - first_rows}
+            slices[position : position + 1] = [head, tail]
+            break
     return slices
+
+
+def _slice(file: InputFile, first_group: int, end_group: int, schema_bytes: bytes | None, skip: int = 0, take: int | None = None) -> dict:
+    # every key in every slice: Arrow takes a table's columns from its first row
+    return {"uri": file.uri, "first_group": first_group, "end_group": end_group, "schema": schema_bytes,
+            "skip_rows": skip, "take_rows": take}  # fmt: skip
+
+
+def _slice_rows(item: dict, files: list[InputFile]) -> int:
+    if item["take_rows"] is not None:
+        return item["take_rows"]
+    file = next(f for f in files if f.uri == item["uri"])
+    return sum(file.row_groups[item["first_group"] : item["end_group"]]) - item["skip_rows"]
+
+
+def first_texts(item: dict, config: InputConfig, storage: StorageConfig) -> tuple[str, ...]:
+    """The texts of one slice (the run's first), for the stages to warm up on; none if the
+    slice cannot be read (the read stage then says why, per file)."""
+    try:
+        texts = [t for table in _read_slice(item, config, storage) for t in table.column(config.text_column).to_pylist()]
+    except Exception:  # noqa: BLE001 - a warm-up sample only
+        return ()
+    return tuple(t for t in texts if isinstance(t, str))
 
 
 def make_reader(config: InputConfig, storage: StorageConfig):
@@ -200,7 +253,19 @@ def _read_slice(item: dict, config: InputConfig, storage: StorageConfig) -> Iter
         groups = list(range(item["first_group"], item["end_group"]))
         if not groups:  # a zero-row file: nothing to yield, and nothing is lost
             return
-        for record_batch in parquet.iter_batches(batch_size=READ_BATCH_ROWS, row_groups=groups, columns=columns):
+        skip, take = item.get("skip_rows") or 0, item.get("take_rows")
+        batch_rows = min(READ_BATCH_ROWS, take) if take else READ_BATCH_ROWS
+        for record_batch in parquet.iter_batches(batch_size=batch_rows, row_groups=groups, columns=columns):
+            if skip:  # the rows an earlier slice of this run took (see read_slices)
+                dropped = min(skip, record_batch.num_rows)
+                record_batch, skip = record_batch.slice(dropped), skip - dropped
+                if record_batch.num_rows == 0:
+                    continue
+            if take is not None:
+                if take == 0:
+                    return
+                record_batch = record_batch.slice(0, take)
+                take -= record_batch.num_rows
             # The text as string with its per-row error (a missing or non-string text
             # column: the rows still flow, and each gets an error saying so).
             table = schema.normalize_text(pa.Table.from_batches([record_batch]), config.text_column)
