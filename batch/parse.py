@@ -17,7 +17,10 @@ CPU share that the actors hold (Ray Data cannot fuse a task after an actor).
 
 from __future__ import annotations
 
+import logging
+import os
 import pickle
+import threading
 import time
 from collections import OrderedDict
 from typing import Any, Callable
@@ -26,8 +29,12 @@ import pyarrow as pa
 
 from batch import schema
 from batch.prepare import RECENT_MAX_CHARS, RECENT_TEXTS, TextStageSpec, describe
+from batch.progress import trace
 from batch.tasks.base import Cached, RowError, Skip
 from batch.text import privacy
+
+log = logging.getLogger(__name__)
+WARM_UP_NICE = 10  # a tenth of a normal thread's CPU share when the cores are busy
 
 
 class ParseStage:
@@ -35,10 +42,16 @@ class ParseStage:
 
     def __init__(self, spec: TextStageSpec, write: Callable[[pa.Table], pa.Table]):
         self.spec = spec
-        # No warm-up: parse's first batch comes after the engine's first, so its helpers (the
-        # language detector, seconds of loading) load on first use instead of competing for
-        # the CPU with the engine's start (measured: the engine was ready 10 s later).
-        self.tasks = spec.build_tasks(warm_up=False)
+        self.tasks = spec.build_tasks()
+        # Parse's first batch comes after the engine's first answers: its helpers (the
+        # guardrails' language judge, seconds of CPU) load meanwhile, in a thread at low
+        # priority, so they take the cores only when the engine's start and prepare leave
+        # them idle (loaded at normal priority they delayed the engine by 10 s; loaded on
+        # first use they delayed the first row by 5 s; BENCHMARKS.md, "Start-up").
+        self.warm_up = threading.Thread(
+            target=_warm_up_politely, args=(self.tasks, spec.warm_up_texts), name="parse-warm-up", daemon=True
+        )
+        self.warm_up.start()
         self.caches = spec.row_caches(self.tasks)
         self.write = write
         # (task, text) -> columns: a repeated text is parsed once; its answers are the same
@@ -46,6 +59,9 @@ class ParseStage:
         self.recent: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        if self.warm_up.is_alive():
+            self.warm_up.join()
+            trace("parse.warmed_up")
         started = time.perf_counter()
         n_rows = batch.num_rows
         masks = [pickle.loads(blob) if blob else None for blob in batch.column(schema.MASKED).to_pylist()]
@@ -92,8 +108,10 @@ class ParseStage:
             batch = batch.drop_columns([model.name]).append_column(model, values)
         while len(self.recent) > RECENT_TEXTS:
             self.recent.popitem(last=False)
+        trace("parse.parsed")
         for cache in self.caches.values():
             cache.flush()  # before the batch is written: a committed row's columns are cached
+        trace("parse.cached")
         if self.spec.privacy.redact:
             batch = schema.set_column(batch, pa.field(self.spec.text_column, pa.string()), texts)
         batch = batch.drop_columns(
@@ -102,3 +120,16 @@ class ParseStage:
         batch = schema.merge_outcomes(batch, errors, skips)
         batch = schema.add_usage(batch, {schema.CACHED_ROWS: cached_rows})
         return self.write(schema.charge_busy_time(batch, schema.PARSE_MS, started))
+
+
+def _warm_up_politely(tasks: list, texts: tuple[str, ...]) -> None:
+    try:  # Linux: a thread's own nice value (elsewhere the call fails and it runs as is)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WARM_UP_NICE)
+    except OSError:
+        pass
+    try:
+        for task in tasks:
+            task.warm_up("parse", texts)
+        trace("parse.warm_up_done")
+    except Exception:  # noqa: BLE001 - the first batch loads the same helpers and reports any error per row
+        log.warning("parse warm-up failed; helpers load with the first batch", exc_info=True)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from batch import schema
+from batch.progress import trace
 from batch.cache import RowCache
 from batch.config import StorageConfig
 from batch.infer import models
@@ -55,12 +56,11 @@ class TextStageSpec:
     # tokenizer comes from exactly the weights the engine serves
     weights: dict[str, models.Weights] = field(default_factory=dict, hash=False)
     privacy: privacy.PrivacyConfig = privacy.PrivacyConfig()
+    # the run's first texts (read by the driver): the actors warm their helpers on them
+    warm_up_texts: tuple[str, ...] = field(default=(), hash=False)
 
-    def build_tasks(self, warm_up: bool) -> list[Task]:
-        tasks: list[Task] = [build_task(name, config) for name, config in self.tasks]
-        for task in tasks if warm_up else ():  # load helpers (e.g. the language detector) up front
-            task.warm_up()
-        return tasks
+    def build_tasks(self) -> list[Task]:
+        return [build_task(name, config) for name, config in self.tasks]
 
     def bind_tokenizers(self, tasks: list[Task]) -> None:
         """Give each task its model's tokenizer and context length: one tokenizer per model
@@ -88,11 +88,16 @@ class PrepareStage:
 
     def __init__(self, spec: TextStageSpec):
         self.spec = spec
-        self.tasks = spec.build_tasks(warm_up=True)
+        self.tasks = spec.build_tasks()
+        for task in self.tasks:  # the language detector loads now, while the engine starts
+            task.warm_up("prepare", spec.warm_up_texts)
+        trace("prepare.tasks_built")
         spec.bind_tokenizers(self.tasks)
+        trace("prepare.tokenizers_bound")
         self.caches = spec.row_caches(self.tasks)
         for cache in self.caches.values():
             cache.load()
+        trace("prepare.caches_opened")
         self.masker = privacy.Masker(spec.privacy)
         # read in this process: the key never travels with the job (None: nothing to hash)
         self.hash_key = privacy.hash_key(spec.privacy) if spec.privacy.hash_columns else None

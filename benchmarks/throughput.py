@@ -76,7 +76,8 @@ def write_corpus(texts: list[str], folder: Path, files: int = 8) -> None:
         pq.write_table(table, folder / f"part-{f:03d}.parquet", row_group_size=4096)
 
 
-def job_file(path: Path, corpus: Path, output: Path, model: Path, tokens: int, batch_size: int) -> Path:
+def job_file(path: Path, corpus: Path, output: Path, model: Path, tokens: int, batch_size: int,
+             languages: list[str] | None = None) -> Path:
     job = {
         "name": "bench",
         "input": {"uris": [str(corpus)], "id_column": "id", "text_column": "text"},
@@ -87,6 +88,7 @@ def job_file(path: Path, corpus: Path, output: Path, model: Path, tokens: int, b
                 "model": str(model), "target_languages": [TARGET],
                 # a fixed budget of `tokens` per row, so raw and job generate the same amount
                 "max_output_tokens": tokens, "output_tokens_per_char": 1000.0,
+                **({"language_detection": {"languages": languages}} if languages else {}),
             }
         },
     }  # fmt: skip
@@ -165,10 +167,12 @@ def bench_job(job: Path, output: Path, env: dict) -> dict:
     assert summary["rows_out"] == summary["rows_in"] and summary["rows_failed"] == 0, summary
     timeline = job_timeline(trace)
     startup = timeline.get("first row", 0.0)
+    first_batch = next((e for e in _events(trace) if e["event"] == "infer.batch_in"), {})
     return {"wall": wall, "startup": startup, "steady": wall - startup, "rows": summary["rows_out"],
             "output_tokens": summary.get("output_tokens", 0), "peak_gib": peak,
             "requests_inferred": summary.get("requests_inferred"), "cache_hits": summary.get("cache_hits"),
-            "cached_rows": summary.get("cached_rows"), "timeline": timeline}  # fmt: skip
+            "cached_rows": summary.get("cached_rows"), "timeline": timeline,
+            "first_engine_batch_rows": first_batch.get("rows")}  # fmt: skip
 
 
 # The job's trace (batch/progress.py): the first time each event happened, in seconds from
@@ -184,9 +188,11 @@ TIMELINE = (
     ("engine actor constructing", "infer.init"),
     ("prepare actor constructing", "prepare.init"),
     ("parse actor constructing", "parse.init"),
+    ("vLLM import begun", "engine.import"),
     ("vLLM imported", "engine.build"),
     ("engine built", "engine.built"),
     ("engine actor ready", "infer.ready"),
+    ("prepare's language detector loaded", "prepare.tasks_built"),
     ("prepare ready", "prepare.ready"),
     ("parse ready", "parse.ready"),
     ("first prepared block", "prepare.batch_out"),
@@ -199,8 +205,12 @@ TIMELINE = (
 )
 
 
+def _events(trace: Path) -> list[dict]:
+    return [json.loads(line) for line in trace.read_text().splitlines()] if trace.exists() else []
+
+
 def job_timeline(trace: Path) -> dict[str, float]:
-    events = [json.loads(line) for line in trace.read_text().splitlines()] if trace.exists() else []
+    events = _events(trace)
     origin = next((e["t"] for e in events if e["event"] == "driver.process_start"), None)
     if origin is None:
         return {}
@@ -248,7 +258,17 @@ def main() -> None:
     parser.add_argument("--scenarios", default="raw,raw-prebuilt,job,warm,raw-dups,raw-dups-prebuilt,job-dups,memory")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--detect-languages", default=None,
+                        help="the translation task's language_detection.languages for every scenario, raw ones included: "
+                             "a comma list, or 'corpus' for the sample corpus's own; default: the job's (all 75)")  # fmt: skip
     args = parser.parse_args()
+    languages = None
+    if args.detect_languages == "corpus":
+        from batch.demo.corpus import sample_posts
+
+        languages = sorted({post["lang"] for post in sample_posts()})
+    elif args.detect_languages:
+        languages = args.detect_languages.split(",")
 
     from batch.demo.models import build_causal_lm, build_classifier
 
@@ -282,14 +302,14 @@ def main() -> None:
             write_corpus(make_texts(args.rows, dups), corpus)
         name = "job" if scenario == "warm" else scenario  # warm reruns the job's own output and cache
         output = work / f"out-{name}"
-        job = job_file(work / f"{name}.yaml", corpus, output, model, args.tokens, args.batch_size)
+        job = job_file(work / f"{name}.yaml", corpus, output, model, args.tokens, args.batch_size, languages)
         if scenario == "warm":
             change_share(corpus, args.changed_share)
             results[scenario] = bench_job(job, output, env)
         elif scenario.startswith("raw"):
             whole = work / f"whole-{dups}.parquet"  # the raw engine reads the corpus as one file
             pq.write_table(pq.read_table(corpus), whole)
-            job = job_file(work / f"{scenario}.yaml", whole, output, model, args.tokens, args.batch_size)
+            job = job_file(work / f"{scenario}.yaml", whole, output, model, args.tokens, args.batch_size, languages)
             engine_process = "vllm-default" if scenario == "raw-vllm-default" else "job-settings"
             results[scenario] = bench_raw(job, env, engine_process, prebuilt=scenario.endswith("prebuilt"))
         else:
@@ -304,7 +324,8 @@ def main() -> None:
 
 def print_table(results: dict[str, dict], args) -> None:
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB; "
-          f"python {platform.python_version()}; rows={args.rows} tokens={args.tokens} batch_size={args.batch_size}")  # fmt: skip
+          f"python {platform.python_version()}; rows={args.rows} tokens={args.tokens} batch_size={args.batch_size}; "
+          f"language_detection.languages={args.detect_languages or 'all'}")  # fmt: skip
     header = (f"{'scenario':<14} {'rows':>7} {'wall s':>8} {'start s':>8} {'steady s':>9} {'rows/s':>8} "
               f"{'out tok/s':>10} {'peak GiB':>9} {'inferred':>9} {'load':>5}")  # fmt: skip
     print(header)
@@ -343,6 +364,8 @@ def print_startup(results: dict[str, dict]) -> None:
         print(f"  {name}:")
         for label, seconds in timeline.items():
             print(f"    {seconds:>6.1f}  {label}")
+        if rows := results[name].get("first_engine_batch_rows"):
+            print(f"    (first engine batch: {rows} rows)")
     reference = next((raws[n] for n in ("raw-prebuilt", "raw", "raw-dups-prebuilt", "raw-dups") if n in raws), None)
     for name, timeline in jobs.items():
         if reference and "first row" in timeline:

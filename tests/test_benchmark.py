@@ -6,19 +6,31 @@ job's trace: the local Ray cluster starts before the driver has finished plannin
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
+import uuid
+
+import psutil
 
 from conftest import REPO
 
 
 def test_benchmark_runs_and_reports_every_figure(tmp_path):
+    mark = f"batch-test-{uuid.uuid4().hex}"  # inherited by every process the runs start
     result = subprocess.run(
         [sys.executable, "benchmarks/throughput.py", "--rows", "48", "--batch-size", "16",
          "--scenarios", "raw,raw-prebuilt,job,warm", "--workdir", str(tmp_path), "--json", str(tmp_path / "figures.json")],
-        cwd=REPO, capture_output=True, text=True, timeout=1200,
+        cwd=REPO, capture_output=True, text=True, timeout=1200, env={**os.environ, "BATCH_TEST_MARK": mark},
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    # each job's local Ray cluster ended with it: no process of theirs is left (Ray's agents
+    # outlived their raylet before `pipeline.stop_ray`)
+    deadline = time.time() + 10
+    while (left := _processes_marked(mark)) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not left, f"processes left running after the jobs: {left}"
     out = result.stdout
     for heading in ("rows/s", "out tok/s", "start s", "steady s", "peak GiB", "inferred", "load"):
         assert heading in out
@@ -47,3 +59,14 @@ def test_benchmark_runs_and_reports_every_figure(tmp_path):
     assert all(step in timeline for step in steps), timeline
     assert timeline["ray start begun"] <= timeline["planned"], "Ray starts while the driver plans, not after"
     assert timeline["engine built"] <= timeline["first engine batch out"] <= timeline["first row"] <= timeline["published"]
+
+
+def _processes_marked(mark: str) -> list[str]:
+    left = []
+    for proc in psutil.process_iter(["pid", "name"]):
+        try:
+            if proc.environ().get("BATCH_TEST_MARK") == mark:
+                left.append(f"{proc.info['pid']} {proc.info['name']}")
+        except psutil.Error:
+            pass
+    return left

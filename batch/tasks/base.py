@@ -11,6 +11,7 @@ Flow of one row through a task:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
@@ -162,8 +163,10 @@ class Task:
         """The adapter name to put on this task's requests (None: the base model)."""
         return self.name if self.config.adapter else None
 
-    def warm_up(self) -> None:
-        """Load what prepare/parse need (run in a thread while the engine starts)."""
+    def warm_up(self, stage: Literal["prepare", "parse"], texts: Sequence[str] = ()) -> None:
+        """Load what `stage` needs (a language detector: seconds) before its first batch:
+        prepare loads it while the engine starts, parse in a background thread. `texts`:
+        the run's first texts, so that what loads is what the first batch will use."""
 
     def check_model_labels(self, id2label: dict[str, str]) -> list[str]:
         """Problems with a classifier's own labels for this task (classify runner only)."""

@@ -39,6 +39,7 @@ Columns: `source_lang` string, `source_lang_confidence` float64, and per target
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -437,9 +438,13 @@ class TranslationTask(Task):
             self._text_limits[lang] = limit
         return limit
 
-    def warm_up(self) -> None:
-        """Lingua loads its language models on first use (seconds): do it once, up front."""
-        self._langid.detect("Warm-up: the detector loads its language models here.")
+    def warm_up(self, stage: Literal["prepare", "parse"], texts: Sequence[str] = ()) -> None:
+        """Lingua loads a language's models on first use (seconds for a script's languages):
+        load them up front, for the scripts of the run's first texts. Prepare identifies
+        sources; parse judges the answers' language (the guardrails)."""
+        detector = self._langid if stage == "prepare" else self._judge
+        for text in ("Warm-up: the detector loads its language models here.", *texts):
+            detector.detect(text)
 
     def adapters(self) -> dict[str, str]:
         """One engine serves every target's adapter and the fallback side by side (vLLM multi-LoRA)."""
