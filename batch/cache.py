@@ -25,7 +25,7 @@ Storage: one Lance dataset per level and identity (`<cache uri>/rows/<task ident
   file layout groups one batch's keys: a batch looks up its ~1,000 keys through the index
   and reads only their rows (Lance reads single rows; Parquet reads whole pages). Random
   keys also mean each key reads its own index page: pages are small (`INDEX_PAGE_ROWS`
-  rows instead of Lance's 4,096), so a lookup reads and compares ~40x less at 10M entries,
+  rows instead of Lance's 4,096), so a lookup reads and compares 16x less at 10M entries,
   and the index cache is small, since a page read for one batch is rarely needed by the
   next. Memory and time per lookup then barely grow with the cache (figures: BENCHMARKS.md).
 - `used.lance`: one row per use, `key`, `source` (the row-cache key of the text the use
@@ -67,7 +67,7 @@ USED_SCHEMA = pa.schema([("key", KEY), ("source", KEY), ("day", pa.date32()), ("
 LEVELS = ("rows", "answers")
 # Rows per page of the key index. A lookup of random keys reads (and compares) one page per
 # key: at 10M entries Lance's default of 4,096 made a 1,000-key lookup read 130 MB and take
-# 0.37-0.53 s; 256 reads 10 MB in 0.06-0.08 s, and the pages' directory stays a few MB
+# 0.37-0.53 s; 256 reads 10 MB in 0.07-0.10 s, and the pages' directory stays a few MB
 # (measured: BENCHMARKS.md, "Cache at scale"). Compaction rebuilds an index with larger pages.
 INDEX_PAGE_ROWS = 256
 # An actor's share of Lance's caches, whatever the cache's size. Pages of random keys are
