@@ -23,8 +23,11 @@ Storage: one Lance dataset per level and identity (`<cache uri>/rows/<task ident
 - `entries.lance`: `key` (sha256, 32 bytes, with a B-tree index) and the values (a task's
   columns with their Arrow types, or an answer as JSON). Keys are uniformly random, so no
   file layout groups one batch's keys: a batch looks up its ~1,000 keys through the index
-  and reads only their rows (Lance reads single rows; Parquet reads whole pages). Memory per
-  actor is the bounded index cache, not the cache's size (figures: BENCHMARKS.md).
+  and reads only their rows (Lance reads single rows; Parquet reads whole pages). Random
+  keys also mean each key reads its own index page: pages are small (`INDEX_PAGE_ROWS`
+  rows instead of Lance's 4,096), so a lookup reads and compares 16x less at 10M entries,
+  and the index cache is small, since a page read for one batch is rarely needed by the
+  next. Memory and time per lookup then barely grow with the cache (figures: BENCHMARKS.md).
 - `used.lance`: one row per use, `key`, `source` (the row-cache key of the text the use
   came from), `day`, `hit`. It gives retention its last-used day, `cache forget` the answers
   derived from a text, and `cache stats` the hit rate of the last runs.
@@ -62,9 +65,16 @@ _RESULT_TYPES = {cls.__name__: cls for cls in (Completion, Classification, Score
 KEY = pa.binary(32)
 USED_SCHEMA = pa.schema([("key", KEY), ("source", KEY), ("day", pa.date32()), ("hit", pa.bool_())])
 LEVELS = ("rows", "answers")
-# An actor's share of Lance's caches: index pages and file metadata it reads stay in memory
-# up to this, whatever the cache's size (measured: BENCHMARKS.md, "Cache at scale").
-READ_CACHE_BYTES = 32 << 20
+# Rows per page of the key index. A lookup of random keys reads (and compares) one page per
+# key: at 10M entries Lance's default of 4,096 made a 1,000-key lookup read 130 MB and take
+# 0.37-0.53 s; 256 reads 10 MB in 0.07-0.10 s, and the pages' directory stays a few MB
+# (measured: BENCHMARKS.md, "Cache at scale"). Compaction rebuilds an index with larger pages.
+INDEX_PAGE_ROWS = 256
+# An actor's share of Lance's caches, whatever the cache's size. Pages of random keys are
+# rarely read twice, so a larger index cache only keeps memory (32 MiB: +80 MiB RSS over 30
+# lookups at 10M, 8 MiB: +53 MiB, same speed); file metadata is read once and kept.
+INDEX_CACHE_BYTES = 8 << 20
+METADATA_CACHE_BYTES = 32 << 20
 DELETE_CHUNK = 10_000  # keys per delete predicate
 CREATE_WAIT_SECONDS = 60
 FRAGMENT_ROWS = 1 << 20  # compaction folds files below this size
@@ -96,7 +106,7 @@ class Store:
     def dataset(self, table: str, *, bounded: bool = False):
         import lance
 
-        kwargs = {"index_cache_size_bytes": READ_CACHE_BYTES, "metadata_cache_size_bytes": READ_CACHE_BYTES} if bounded else {}
+        kwargs = {"index_cache_size_bytes": INDEX_CACHE_BYTES, "metadata_cache_size_bytes": METADATA_CACHE_BYTES} if bounded else {}
         try:
             return lance.dataset(self.uri(table), storage_options=self.options, **kwargs)
         except (ValueError, FileNotFoundError, OSError) as exc:
@@ -357,15 +367,31 @@ def compact(store: Store, retention_days: int | None, grace: timedelta, now: dat
             dataset.optimize.compact_files(target_rows_per_fragment=FRAGMENT_ROWS)
     if entries is not None and entries.count_rows():
         index = next((index for index in entries.describe_indices() if index.name == "key_idx"), None)
-        if index is None:
-            entries.create_scalar_index("key", "BTREE")
+        if index is None or _page_rows(entries) > 2 * INDEX_PAGE_ROWS:  # none yet, or an older layout's
+            index_keys(entries)
         else:  # the night's rows get an index segment of their own; segments merge now and then
+            # (Lance keeps the index's page size for new and merged segments)
             entries.optimize.optimize_indices(num_indices_to_merge=0 if len(index.segments) < INDEX_SEGMENTS else len(index.segments))
     for dataset in (entries, used):
         if dataset is not None:
             dataset.cleanup_old_versions(older_than=grace)
     fresh = store.dataset("entries")
     return Compacted(store.folder.uri, fresh.count_rows() if fresh else 0, dropped, files_before, len(store.folder.list_files()))
+
+
+def index_keys(entries) -> None:
+    """(Re)build the key index over every row, with small pages (`INDEX_PAGE_ROWS`)."""
+    from lance.indices import IndexConfig
+
+    layout = IndexConfig(index_type="btree", parameters={"zone_size": INDEX_PAGE_ROWS})
+    entries.create_scalar_index("key", layout, name="key_idx", replace=True)
+
+
+def _page_rows(entries) -> float:
+    """Rows per page of the key index, over its segments."""
+    index = entries.stats.index_stats("key_idx")
+    pages = sum(segment["num_pages"] for segment in index["segments"])
+    return index["num_indexed_rows"] / max(1, pages)
 
 
 def compact_all(root: Location, retention_days: int | None, grace: timedelta) -> list[Compacted]:

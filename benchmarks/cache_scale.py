@@ -3,6 +3,7 @@ Prints a table; record it in BENCHMARKS.md with the command that made it.
 
     python benchmarks/cache_scale.py                                   # 40k rows; caches of 40k, 1M, 10M
     python benchmarks/cache_scale.py --rows 2000 --sizes 2000,100000   # smoke
+    python benchmarks/cache_scale.py --lookups-only                    # the lookup alone, per cache size
 
 1. A cold run over `--rows` posts (translation, as benchmarks/throughput.py) fills a cache
    of about that many entries per level, compacted at its publish.
@@ -14,6 +15,11 @@ Prints a table; record it in BENCHMARKS.md with the command that made it.
 Per warm run: wall time, peak resident memory of each Ray actor (the largest of each kind)
 and of the whole process tree, bytes the actors read (rchar: page cache included), and the
 cache's files.
+
+`--lookups-only` skips the warm runs: per cache size, a fresh process opens the row cache as
+a prepare actor does and times `--lookups` lookups of 1,000 keys (half stored keys, half
+absent), with its resident memory before and after (the lookup's own cost, without the
+engine's noise).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pyarrow as pa
+import pyarrow.compute as pc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import REPO, change_share, job_file, make_texts, run_measured, write_corpus  # noqa: E402
@@ -106,6 +113,16 @@ def cache_facts(cache: Path) -> dict:
     return {f"{t['level']}": {"entries": t["entries"], "files": t["files"], "mib": t["bytes"] / 2**20} for t in tables}
 
 
+def compact(cache: Path) -> None:
+    """Every table of `cache` as `cache compact` leaves it, old versions removed."""
+    from batch import cache as result_cache
+    from batch.config import StorageConfig
+    from batch.io.storage import Location
+
+    for _, _, store in result_cache.stores(Location(str(cache), StorageConfig())):
+        result_cache.compact(store, None, grace=timedelta(0))
+
+
 def grow(cache: Path, size: int, seed: int) -> None:
     """Add synthetic entries to every table of `cache` until it holds `size`, then compact."""
     import lance
@@ -130,8 +147,54 @@ def grow(cache: Path, size: int, seed: int) -> None:
                             schema=result_cache.USED_SCHEMA)  # fmt: skip
             store.append("used", used)
             store.append("entries", pa.table({"key": keys, **{name: values.column(name) for name in values.column_names}}))
-        lance.dataset(store.uri("entries")).create_scalar_index("key", "BTREE", replace=True)
+        result_cache.index_keys(lance.dataset(store.uri("entries")))  # one index segment, as after many nights
         result_cache.compact(store, None, grace=timedelta(0))
+
+
+LOOKUP_KEYS = 1_000
+
+
+def lookups(cache: Path, count: int, seed: int = 7) -> dict:
+    """Time `count` row-cache lookups of LOOKUP_KEYS keys (half present) in a fresh process."""
+    import subprocess
+
+    from batch import cache as result_cache
+    from batch.config import StorageConfig
+    from batch.io.storage import Location
+
+    store = next(s for level, _, s in result_cache.stores(Location(str(cache), StorageConfig())) if level == "rows")
+    entries = store.dataset("entries")
+    rng = np.random.default_rng(seed)
+    stored = entries.take(np.sort(rng.choice(entries.count_rows(), count * LOOKUP_KEYS // 2, replace=False)), columns=["key"])
+    stored = pc.take(stored.column("key"), pa.array(rng.permutation(stored.num_rows))).combine_chunks()
+    absent = pa.FixedSizeBinaryArray.from_buffers(result_cache.KEY, len(stored), [None, pa.py_buffer(rng.bytes(32 * len(stored)))])
+    keys = Path(tempfile.mkdtemp(prefix="lookups-")) / "keys.bin"
+    keys.write_bytes(b"".join(s.as_py() + a.as_py() for s, a in zip(stored, absent)))  # interleaved: each lookup half hits
+    out = subprocess.run([sys.executable, __file__, "--lookup-child", str(keys), "--lookup-store", store.folder.path],
+                         env={**os.environ, "PYTHONPATH": str(REPO)}, check=True, capture_output=True, text=True)  # fmt: skip
+    shutil.rmtree(keys.parent)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def lookup_child(keys_file: Path, folder: str) -> None:
+    from batch import cache as result_cache
+    from batch.config import StorageConfig
+    from batch.io.storage import Location
+
+    raw = keys_file.read_bytes()
+    keys = [raw[i : i + 32] for i in range(0, len(raw), 32)]
+    store = result_cache.Store(Location(folder, StorageConfig()))
+    columns = [name for name in store.entries().schema.names if name != "key"]
+    process = psutil.Process()
+    rss_open = process.memory_info().rss
+    seconds, hits = [], 0
+    for start in range(0, len(keys), LOOKUP_KEYS):
+        started = time.perf_counter()
+        hits += len(store.lookup(keys[start : start + LOOKUP_KEYS], columns))
+        seconds.append(time.perf_counter() - started)
+    print(json.dumps({"lookups": len(seconds), "hits": hits, "keys": len(keys), "first_s": seconds[0],
+                      "median_s": float(np.median(seconds)), "mean_s": float(np.mean(seconds)),
+                      "rss_open_mib": rss_open / 2**20, "rss_growth_mib": (process.memory_info().rss - rss_open) / 2**20}))  # fmt: skip
 
 
 def main() -> None:
@@ -142,7 +205,13 @@ def main() -> None:
     parser.add_argument("--changed-share", type=float, default=0.1)
     parser.add_argument("--workdir", type=Path, default=None, help="reuse: the cold run and grown caches are kept here")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--lookups-only", action="store_true", help="time the row cache's lookups alone, no warm runs")
+    parser.add_argument("--lookups", type=int, default=30, help="lookups of 1,000 keys per cache size (--lookups-only)")
+    parser.add_argument("--lookup-child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--lookup-store", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.lookup_child:
+        return lookup_child(args.lookup_child, args.lookup_store)
 
     from batch.demo.models import build_causal_lm
 
@@ -168,8 +237,14 @@ def main() -> None:
             shutil.copytree(cold_cache, cache)
             if i > 0:
                 grow(cache, size, seed=size)
+            else:  # as `cache compact` leaves it (a reused cold run's may have an older index layout)
+                compact(cache)
             print(f"cache of {size}: built in {time.time() - started:.0f}s", file=sys.stderr)
         before = cache_facts(cache)
+        if args.lookups_only:
+            results[str(size)] = {**lookups(cache, args.lookups), "cache": before, "load_before": os.getloadavg()[0]}
+            print(f"{size}: {json.dumps(results[str(size)])}", file=sys.stderr)
+            continue
         pristine = work / f"cache-{size}-warm"  # the warm run writes into its cache: run on a copy
         shutil.rmtree(pristine, ignore_errors=True)
         shutil.copytree(cache, pristine)
@@ -179,7 +254,7 @@ def main() -> None:
         print(f"{size}: {json.dumps(results[str(size)])}", file=sys.stderr)
         shutil.rmtree(pristine, ignore_errors=True)
 
-    print_table(results)
+    (print_lookups if args.lookups_only else print_table)(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
@@ -199,6 +274,14 @@ def print_table(results: dict[str, dict]) -> None:
               + " ".join(f"{p:>14.0f}" for p in peaks)
               + f" {ratio:>7.2f} {read:>9.0f} {r['tree_peak_gib']:>9.2f} {r['load_before']:>5.1f}")  # fmt: skip
     print("x base: wall time, and the largest ratio of an actor kind's peak memory, against the first cache")
+
+
+def print_lookups(results: dict[str, dict]) -> None:
+    print(f"\n{'cache entries':>14} {'lookups':>8} {'hits':>6} {'first s':>8} {'median s':>9} {'RSS open MiB':>13} {'RSS growth MiB':>15} {'load':>5}")
+    for size, r in results.items():
+        print(f"{int(size):>14,} {r['lookups']:>8} {r['hits']:>6} {r['first_s']:>8.3f} {r['median_s']:>9.3f} "
+              f"{r['rss_open_mib']:>13.0f} {r['rss_growth_mib']:>15.0f} {r['load_before']:>5.1f}")  # fmt: skip
+    print(f"each lookup: {LOOKUP_KEYS:,} keys of the row cache, half of them stored")
 
 
 if __name__ == "__main__":

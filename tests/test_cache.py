@@ -97,6 +97,51 @@ def test_compaction_keeps_results_and_identity_and_bounds_files(root):
     assert [index.name for index in entries.describe_indices()] == ["key_idx"]
 
 
+def test_lookup_finds_exactly_the_stored_keys_across_files_index_pages_and_deletes(tmp_path):
+    """One lookup mixes hits and misses, whatever holds the keys: several files, index
+    segments of many pages, rows not yet indexed, rows forgotten, an index of an older
+    layout that compaction rebuilds."""
+    root = Location(str(tmp_path / "_cache"), StorageConfig())
+    texts = [f"post number {i}" for i in range(6 * cache.INDEX_PAGE_ROWS)]
+    stored: dict[bytes, dict] = {}
+
+    def write(chunk: list[str]) -> None:
+        rows = RowCache(root, IDENTITY, COLUMNS)
+        for text in chunk:
+            rows.add(text, values(texts.index(text)))
+        rows.flush()
+        stored.update({text_key(t): values(texts.index(t)) for t in chunk})
+
+    def check(extra_misses: list[bytes] = ()) -> None:
+        keys = list(stored) + [text_key(f"never written {i}") for i in range(300)] + list(extra_misses)
+        keys = [keys[i] for i in sorted(range(len(keys)), key=lambda i: keys[i][::-1])]  # not in key order
+        found = Store(root.join("rows", IDENTITY)).lookup(keys, [f.name for f in COLUMNS])
+        assert found == stored
+
+    store = Store(root.join("rows", IDENTITY))
+    for start in range(0, len(texts) // 2, len(texts) // 6):  # three files
+        write(texts[start : start + len(texts) // 6])
+    store.dataset("entries").create_scalar_index("key", "BTREE", name="key_idx")  # Lance's default pages
+    assert cache._page_rows(store.dataset("entries")) > 2 * cache.INDEX_PAGE_ROWS
+    check()
+    cache.compact(store, None, grace=timedelta(0))  # rebuilt with small pages
+    assert cache._page_rows(store.dataset("entries")) <= cache.INDEX_PAGE_ROWS
+    check()
+    write(texts[len(texts) // 2 : 3 * len(texts) // 4])
+    cache.compact(store, None, grace=timedelta(0))  # a second index segment, with the same pages
+    assert len(store.dataset("entries").stats.index_stats("key_idx")["segments"]) == 2
+    assert cache._page_rows(store.dataset("entries")) <= cache.INDEX_PAGE_ROWS
+    write(texts[3 * len(texts) // 4 :])  # not indexed yet
+    check()
+    forgotten = [text_key(t) for t in texts[:: cache.INDEX_PAGE_ROWS // 4]]
+    assert cache.forget(root, forgotten)["rows"] == len(forgotten)
+    for key in forgotten:
+        del stored[key]
+    check(forgotten)
+    cache.compact(store, None, grace=timedelta(0))
+    check(forgotten)
+
+
 def test_retention_drops_only_entries_unused_for_longer(root):
     old, recent, reused = ["old post a", "old post b"], ["new post"], ["old but read last night"]
     rows = RowCache(root, IDENTITY, COLUMNS)
