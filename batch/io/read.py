@@ -2,7 +2,8 @@
 
 Planning happens on the driver and reads only Parquet footers (row counts, schemas), so a
 bad file is found before any engine starts. Reading happens in Ray tasks, one per file
-slice (a run of row groups), yielding bounded batches tagged with their source file: that
+slice (a run of row groups, or a piece of a large one: `read_slices`), yielding bounded
+batches tagged with their source file: that
 tag is what lets the writer commit output file by file, and a rerun resume.
 
 Files of one input may differ in their columns. Ray Data batches rows of several files
