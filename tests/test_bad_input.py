@@ -273,7 +273,7 @@ def test_the_first_slice_is_split_by_rows_and_every_row_is_read_once(tmp_path):
     """The run's first slice is cut in two by row count (a small first block reaches the
     engine first): the two slices read every row exactly once, in order, across row groups."""
     from batch.config import InputConfig, StorageConfig
-    from batch.io.read import make_reader, output_schema, plan_inputs, read_slices
+    from batch.io.read import first_texts, make_reader, output_schema, plan_inputs, read_slices
 
     folder = tmp_path / "in"
     folder.mkdir()
@@ -287,6 +287,8 @@ def test_the_first_slice_is_split_by_rows_and_every_row_is_read_once(tmp_path):
     blocks = list(make_reader(config, StorageConfig())(pa.Table.from_pylist(planned)))
     assert [b.num_rows for b in blocks][:1] == [64]
     assert [i for b in blocks for i in b.column("post_id").to_pylist()] == [*ids, "q1"]
+    # the stages warm up on the first slice's texts, read by the driver
+    assert first_texts(planned[0], config, StorageConfig()) == ("t",) * 64
     # a first slice no larger than the cut is not split
     assert [s["take_rows"] for s in read_slices(files, None, first_rows=150)] == [None, None]
 

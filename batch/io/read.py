@@ -205,11 +205,23 @@ def _slice_rows(item: dict, files: list[InputFile]) -> int:
     return sum(file.row_groups[item["first_group"] : item["end_group"]]) - item["skip_rows"]
 
 
-def first_texts(item: dict, config: InputConfig, storage: StorageConfig) -> tuple[str, ...]:
-    """The texts of one slice (the run's first), for the stages to warm up on; none if the
-    slice cannot be read (the read stage then says why, per file)."""
+def first_texts(item: dict, config: InputConfig, storage: StorageConfig, rows: int = FIRST_SLICE_ROWS) -> tuple[str, ...]:
+    """Up to `rows` texts from the start of one slice (the run's first), for the stages to
+    warm up on; none if they cannot be read (the read stage then says why, per file). Only
+    the text column, streamed (`buffer_size`): the first pages of a large row group, not
+    its whole column chunk, while Ray starts."""
     try:
-        texts = [t for table in _read_slice(item, config, storage) for t in table.column(config.text_column).to_pylist()]
+        location = Location(item["uri"], storage)
+        with location.fs.open_input_file(location.path) as handle:
+            parquet = pq.ParquetFile(handle, buffer_size=1 << 20)
+            if config.text_column not in parquet.schema_arrow.names or item["first_group"] >= item["end_group"]:
+                return ()
+            groups = list(range(item["first_group"], item["end_group"]))
+            texts: list = []
+            for batch in parquet.iter_batches(batch_size=rows, row_groups=groups, columns=[config.text_column]):
+                texts += batch.column(0).to_pylist()[: rows - len(texts)]
+                if len(texts) >= rows:
+                    break
     except Exception:  # noqa: BLE001 - a warm-up sample only
         return ()
     return tuple(t for t in texts if isinstance(t, str))
