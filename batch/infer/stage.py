@@ -246,10 +246,14 @@ class EngineHealth:
 
     @staticmethod
     def end(name: str) -> None:
+        """Best effort: a run that failed because Ray itself did must keep its own error."""
         import ray
 
-        if (actor := EngineHealth.handle(name)) is not None:
-            ray.kill(actor)
+        try:
+            if (actor := EngineHealth.handle(name)) is not None:
+                ray.kill(actor)
+        except Exception:  # noqa: BLE001 - nothing to end, or no Ray left to ask
+            log.debug("EngineHealth %s not ended", name, exc_info=True)
 
     def __init__(self):
         self.deaths: dict[str, int] = {}
