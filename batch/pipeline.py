@@ -457,7 +457,8 @@ def _process(
     ray.data.DataContext.get_current().actor_task_retry_on_errors = [EngineCallFailed]
     health = f"engine-health-{run_id}"  # EngineHealth's name: the actor starts with the first engine failure
     # The unit that flows is a slice: about one engine call's rows (whole row groups), read
-    # by a task of its own. Every later stage takes whole blocks as they come (batch_size
+    # and prepared by one task (Ray Data fuses the read into the prepare actor). Every
+    # later stage takes whole blocks as they come (batch_size
     # None), one per task: Ray Data hands a task's output on only when the task ends, so a
     # task over tens of thousands of rows, or over several blocks (a row count bundles
     # them), kept the engine, then the writer, waiting for all of it.
