@@ -458,10 +458,10 @@ def _process(
     health = f"engine-health-{run_id}"  # EngineHealth's name: the actor starts with the first engine failure
     # The unit that flows is a slice: about one engine call's rows (whole row groups), read
     # and prepared by one task (Ray Data fuses the read into the prepare actor). Every
-    # later stage takes whole blocks as they come (batch_size
-    # None), one per task: Ray Data hands a task's output on only when the task ends, so a
-    # task over tens of thousands of rows, or over several blocks (a row count bundles
-    # them), kept the engine, then the writer, waiting for all of it.
+    # later stage takes whole blocks as they come (batch_size None), one per task: Ray
+    # Data hands a task's output on only when the task ends, so a task over tens of
+    # thousands of rows, or over several blocks (a row count bundles them), kept the
+    # engine, then the writer, waiting for all of it.
     batch_rows = batch_size_for(job.engine, device)
     slices = read_slices(files, union, rows_per_slice=batch_rows)
     dataset = ray.data.from_items(slices, override_num_blocks=max(1, len(slices)))
