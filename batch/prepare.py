@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from batch import schema
-from batch.progress import trace
 from batch.cache import RowCache
 from batch.config import StorageConfig
 from batch.infer import models
 from batch.io.storage import Location
+from batch.progress import trace
 from batch.tasks import build_task
 from batch.tasks.base import Cached, Plan, RowError, Skip, Task, TaskConfig
 from batch.text import privacy

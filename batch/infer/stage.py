@@ -16,7 +16,7 @@ import pickle
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import pyarrow as pa
 
