@@ -16,6 +16,10 @@ Scenarios (each a fresh process, so every figure includes its own start-up):
   raw-dups, raw-dups-prebuilt   the raw engine over a corpus where 40% of rows repeat an
                earlier text (vLLM's prefix cache makes a repeated prompt cheap)
   job-dups     the job over that corpus (duplicates are inferred once)
+  floor, floor-dups   the least any job built on Ray does here: the raw engine in one Ray
+               actor on a fresh local cluster started with the job's Ray settings, over
+               prompts built beforehand, each distinct prompt generated once; no language
+               identification, no prepare or parse stage, no writes
   memory       sentiment tagging (classifier) of 20k and 200k rows: peak memory of the whole process tree
 
 The job runs with BATCH_TRACE set (batch/progress.py); the start-up table gives, in seconds
@@ -139,11 +143,15 @@ def run_measured(cmd: list[str], env: dict, sampler=None) -> tuple[str, float, A
     return out, wall, peak
 
 
-def bench_raw(job: Path, env: dict, engine_process: str = "job-settings", prebuilt: bool = False) -> dict:
+def bench_raw(job: Path, env: dict, engine_process: str = "job-settings", prebuilt: bool = False,
+              floor: bool = False) -> dict:
     """benchmarks/raw_engine.py in a fresh process. `prebuilt`: its prompts are built by an
     earlier process (language identification included), so the measured process only
-    imports vLLM, starts the engine and generates."""
+    imports vLLM, starts the engine and generates. `floor`: in a Ray actor, each distinct
+    prompt once."""
     cmd = [sys.executable, str(RAW_ENGINE), str(job), "--engine-process", engine_process]
+    if floor:
+        cmd += ["--in-ray-actor", "--distinct"]
     if prebuilt:
         prompts = job.with_suffix(".prompts.json")
         run_measured([sys.executable, str(RAW_ENGINE), str(job), "--write-prompts", str(prompts)], env)
@@ -151,6 +159,8 @@ def bench_raw(job: Path, env: dict, engine_process: str = "job-settings", prebui
     out, wall, peak = run_measured(cmd, env)
     result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
     startup = {"imports": result["imported"], "engine": result["engine_ready"] - result["imported"]}
+    if floor:  # Ray's start, then the actor's process and imports
+        startup = {"ray": result["ray_connected"], **startup, "imports": result["imported"] - result["ray_connected"]}
     if not prebuilt:
         startup["prompts"] = result["prompts_ready"] - result["engine_ready"]
     return {"wall": wall, "startup": result["prompts_ready"], "steady": result["generated"] - result["prompts_ready"],
@@ -306,12 +316,14 @@ def main() -> None:
         if scenario == "warm":
             change_share(corpus, args.changed_share)
             results[scenario] = bench_job(job, output, env)
-        elif scenario.startswith("raw"):
+        elif scenario.startswith(("raw", "floor")):
             whole = work / f"whole-{dups}.parquet"  # the raw engine reads the corpus as one file
             pq.write_table(pq.read_table(corpus), whole)
             job = job_file(work / f"{scenario}.yaml", whole, output, model, args.tokens, args.batch_size, languages)
             engine_process = "vllm-default" if scenario == "raw-vllm-default" else "job-settings"
-            results[scenario] = bench_raw(job, env, engine_process, prebuilt=scenario.endswith("prebuilt"))
+            floor = scenario.startswith("floor")
+            results[scenario] = bench_raw(job, env, engine_process, prebuilt=floor or scenario.endswith("prebuilt"),
+                                          floor=floor)  # fmt: skip
         else:
             results[scenario] = bench_job(job, output, env)
         results[scenario]["load_before"] = round(load, 1)
@@ -334,7 +346,9 @@ def print_table(results: dict[str, dict], args) -> None:
         print(f"{name:<14} {r['rows']:>7} {r['wall']:>8.1f} {r['startup']:>8.1f} {r['steady']:>9.1f} "
               f"{r['rows'] / r['wall']:>8.1f} {r['output_tokens'] / r['wall']:>10.1f} {r['peak_gib']:>9.2f} "
               f"{r.get('requests_inferred', '-')!s:>9} {r.get('load_before', '-')!s:>5}")  # fmt: skip
-    for job, raw in (("job", "raw"), ("job", "raw-prebuilt"), ("job-dups", "raw-dups"), ("job-dups", "raw-dups-prebuilt")):
+    pairs = (("job", "raw"), ("job", "raw-prebuilt"), ("job-dups", "raw-dups"), ("job-dups", "raw-dups-prebuilt"),
+             ("floor", "raw-prebuilt"), ("floor-dups", "raw-dups-prebuilt"), ("job", "floor"), ("job-dups", "floor-dups"))
+    for job, raw in pairs:
         if job in results and raw in results:
             ratio = (results[job]["rows"] / results[job]["wall"]) / (results[raw]["rows"] / results[raw]["wall"])
             print(f"ratio {job}/{raw} (rows/s, start-up included): {ratio:.2f}")
@@ -359,7 +373,8 @@ def print_startup(results: dict[str, dict]) -> None:
     print("\nstart-up, seconds from process start:")
     for name, steps in raws.items():
         parts = ", ".join(f"{step} {seconds:.1f}" for step, seconds in steps.items())
-        print(f"  {name:<18} {parts}; vLLM imported and engine built at {steps['imports'] + steps['engine']:.1f}")
+        built = sum(seconds for step, seconds in steps.items() if step != "prompts")
+        print(f"  {name:<18} {parts}; vLLM imported and engine built at {built:.1f}")
     for name, timeline in jobs.items():
         print(f"  {name}:")
         for label, seconds in timeline.items():

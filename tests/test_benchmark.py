@@ -21,7 +21,7 @@ def test_benchmark_runs_and_reports_every_figure(tmp_path):
     mark = f"batch-test-{uuid.uuid4().hex}"  # inherited by every process the runs start
     result = subprocess.run(
         [sys.executable, "benchmarks/throughput.py", "--rows", "48", "--batch-size", "16",
-         "--scenarios", "raw,raw-prebuilt,job,warm", "--workdir", str(tmp_path), "--json", str(tmp_path / "figures.json")],
+         "--scenarios", "raw,raw-prebuilt,floor,job,warm", "--workdir", str(tmp_path), "--json", str(tmp_path / "figures.json")],
         cwd=REPO, capture_output=True, text=True, timeout=1200, env={**os.environ, "BATCH_TEST_MARK": mark},
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
@@ -47,6 +47,10 @@ def test_benchmark_runs_and_reports_every_figure(tmp_path):
     assert figures["raw"]["requests_sent"] == figures["raw-prebuilt"]["requests_sent"] > 0
     assert set(figures["raw-prebuilt"]["startup_breakdown"]) == {"imports", "engine"}
     assert set(figures["raw"]["startup_breakdown"]) == {"imports", "engine", "prompts"}
+    # the floor: the same engine in a Ray actor, each distinct prompt once
+    assert set(figures["floor"]["startup_breakdown"]) == {"ray", "imports", "engine"}
+    assert 0 < figures["floor"]["requests_sent"] <= figures["raw-prebuilt"]["requests_sent"]
+    assert "ratio job/floor (rows/s, start-up included):" in out
     # the warm rerun inferred only what changed; the rest came from the result cache
     assert figures["warm"]["requests_inferred"] < figures["job"]["requests_inferred"]
     assert figures["warm"]["cached_rows"] > 0
