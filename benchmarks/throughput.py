@@ -36,6 +36,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -268,6 +269,9 @@ def main() -> None:
     parser.add_argument("--scenarios", default="raw,raw-prebuilt,job,warm,raw-dups,raw-dups-prebuilt,job-dups,memory")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run the scenario list this many times in turn (not warm or memory); each figure is "
+                             "the run with the median wall time, and every wall time is kept")  # fmt: skip
     parser.add_argument("--detect-languages", default=None,
                         help="the translation task's language_detection.languages for every scenario, raw ones included: "
                              "a comma list, or 'corpus' for the sample corpus's own; default: the job's (all 75)")  # fmt: skip
@@ -289,7 +293,10 @@ def main() -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
     results: dict[str, dict] = {}
     scenarios = args.scenarios.split(",")
-    for scenario in scenarios:
+    if args.repeat > 1 and {"warm", "memory"} & set(scenarios):
+        parser.error("--repeat: warm and memory run once (warm needs the cold job's cache)")
+    runs: dict[str, list[dict]] = {}
+    for scenario in scenarios * args.repeat:  # in turn, so that a noisy minute hits every scenario alike
         load = os.getloadavg()[0]  # the machine is shared: say how busy it was
         if scenario == "memory":
             for rows in (int(n) for n in args.memory_rows.split(",")):
@@ -315,19 +322,23 @@ def main() -> None:
         job = job_file(work / f"{name}.yaml", corpus, output, model, args.tokens, args.batch_size, languages)
         if scenario == "warm":
             change_share(corpus, args.changed_share)
-            results[scenario] = bench_job(job, output, env)
+            result = bench_job(job, output, env)
         elif scenario.startswith(("raw", "floor")):
             whole = work / f"whole-{dups}.parquet"  # the raw engine reads the corpus as one file
             pq.write_table(pq.read_table(corpus), whole)
             job = job_file(work / f"{scenario}.yaml", whole, output, model, args.tokens, args.batch_size, languages)
             engine_process = "vllm-default" if scenario == "raw-vllm-default" else "job-settings"
             floor = scenario.startswith("floor")
-            results[scenario] = bench_raw(job, env, engine_process, prebuilt=floor or scenario.endswith("prebuilt"),
-                                          floor=floor)  # fmt: skip
+            result = bench_raw(job, env, engine_process, prebuilt=floor or scenario.endswith("prebuilt"), floor=floor)
         else:
-            results[scenario] = bench_job(job, output, env)
-        results[scenario]["load_before"] = round(load, 1)
-        print(f"{scenario}: {json.dumps(results[scenario])}", file=sys.stderr)
+            shutil.rmtree(output, ignore_errors=True)  # a cold run: no result cache of an earlier round
+            result = bench_job(job, output, env)
+        result["load_before"] = round(load, 1)
+        runs.setdefault(scenario, []).append(result)
+        print(f"{scenario}: {json.dumps(result)}", file=sys.stderr)
+    for scenario, done in runs.items():
+        median = sorted(done, key=lambda run: run["wall"])[(len(done) - 1) // 2]
+        results[scenario] = {**median, "walls": [round(run["wall"], 1) for run in done]}
 
     print_table(results, args)
     if args.json:
@@ -346,6 +357,9 @@ def print_table(results: dict[str, dict], args) -> None:
         print(f"{name:<14} {r['rows']:>7} {r['wall']:>8.1f} {r['startup']:>8.1f} {r['steady']:>9.1f} "
               f"{r['rows'] / r['wall']:>8.1f} {r['output_tokens'] / r['wall']:>10.1f} {r['peak_gib']:>9.2f} "
               f"{r.get('requests_inferred', '-')!s:>9} {r.get('load_before', '-')!s:>5}")  # fmt: skip
+    if any(len(r.get("walls", ())) > 1 for r in results.values()):
+        print("wall s of every run (the table shows the median run): "
+              + "; ".join(f"{name} {r['walls']}" for name, r in results.items() if "walls" in r))  # fmt: skip
     pairs = (("job", "raw"), ("job", "raw-prebuilt"), ("job-dups", "raw-dups"), ("job-dups", "raw-dups-prebuilt"),
              ("floor", "raw-prebuilt"), ("floor-dups", "raw-dups-prebuilt"), ("job", "floor"), ("job-dups", "floor-dups"))
     for job, raw in pairs:
