@@ -266,7 +266,9 @@ def main() -> None:
     parser.add_argument("--duplicate-share", type=float, default=0.4)
     parser.add_argument("--changed-share", type=float, default=0.1)
     parser.add_argument("--memory-rows", default="20000,200000", help="corpus sizes for the streaming-memory check")
-    parser.add_argument("--scenarios", default="raw,raw-prebuilt,job,warm,raw-dups,raw-dups-prebuilt,job-dups,memory")
+    parser.add_argument(
+        "--scenarios", default="raw,raw-prebuilt,floor,job,warm,raw-dups,raw-dups-prebuilt,floor-dups,job-dups,memory"
+    )
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--repeat", type=int, default=1,
