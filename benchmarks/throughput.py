@@ -311,9 +311,9 @@ def main() -> None:
                     build_classifier(classifier, ["negative", "neutral", "positive"])
                 job = sentiment_job(work / f"memory-{rows}.yaml", corpus, output, classifier)
                 _, wall, peak = run_measured([sys.executable, "-m", "batch", "run", str(job), "--overwrite"], env)
-                results[f"memory-{rows}"] = {"wall": wall, "startup": 0.0, "steady": wall, "rows": rows,
-                                             "output_tokens": 0, "peak_gib": peak}  # fmt: skip
-                print(f"memory-{rows}: {json.dumps(results[f'memory-{rows}'])}", file=sys.stderr)
+                result = {"wall": wall, "startup": 0.0, "steady": wall, "rows": rows, "output_tokens": 0, "peak_gib": peak}
+                runs[f"memory-{rows}"] = [result]
+                print(f"memory-{rows}: {json.dumps(result)}", file=sys.stderr)
             continue
         dups = args.duplicate_share if "dups" in scenario else 0.0
         corpus = work / f"corpus-{dups}"
@@ -338,7 +338,7 @@ def main() -> None:
         result["load_before"] = round(load, 1)
         runs.setdefault(scenario, []).append(result)
         print(f"{scenario}: {json.dumps(result)}", file=sys.stderr)
-    for scenario, done in runs.items():
+    for scenario, done in runs.items():  # in the order they ran
         median = sorted(done, key=lambda run: run["wall"])[(len(done) - 1) // 2]
         results[scenario] = {**median, "walls": [round(run["wall"], 1) for run in done]}
 
