@@ -144,18 +144,23 @@ def run_measured(cmd: list[str], env: dict, sampler=None) -> tuple[str, float, A
     return out, wall, peak
 
 
-def bench_raw(job: Path, env: dict, engine_process: str = "job-settings", prebuilt: bool = False,
+def write_prompts(job: Path, env: dict) -> Path:
+    """The job's prompts, built by a process of their own (language identification included)."""
+    prompts = job.with_suffix(".prompts.json")
+    run_measured([sys.executable, str(RAW_ENGINE), str(job), "--write-prompts", str(prompts)], env)
+    return prompts
+
+
+def bench_raw(job: Path, env: dict, engine_process: str = "job-settings", prompts: Path | None = None,
               floor: bool = False) -> dict:
-    """benchmarks/raw_engine.py in a fresh process. `prebuilt`: its prompts are built by an
-    earlier process (language identification included), so the measured process only
-    imports vLLM, starts the engine and generates. `floor`: in a Ray actor, each distinct
-    prompt once."""
+    """benchmarks/raw_engine.py in a fresh process. `prompts`: built beforehand
+    (`write_prompts`), so the measured process only imports vLLM, starts the engine and
+    generates. `floor`: in a Ray actor, each distinct prompt once."""
+    prebuilt = prompts is not None
     cmd = [sys.executable, str(RAW_ENGINE), str(job), "--engine-process", engine_process]
     if floor:
         cmd += ["--in-ray-actor", "--distinct"]
     if prebuilt:
-        prompts = job.with_suffix(".prompts.json")
-        run_measured([sys.executable, str(RAW_ENGINE), str(job), "--write-prompts", str(prompts)], env)
         cmd += ["--prompts", str(prompts)]
     out, wall, peak = run_measured(cmd, env)
     result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
@@ -298,6 +303,10 @@ def main() -> None:
     if args.repeat > 1 and {"warm", "memory"} & set(scenarios):
         parser.error("--repeat: warm and memory run once (warm needs the cold job's cache)")
     runs: dict[str, list[dict]] = {}
+    # per corpus (its duplicate share), once per invocation: the raw engine's one-file copy,
+    # and the prompts built beforehand that every prebuilt and floor scenario shares
+    wholes: set[float] = set()
+    prompts: dict[float, Path] = {}
     for scenario in scenarios * args.repeat:  # in turn, so that a noisy minute hits every scenario alike
         load = os.getloadavg()[0]  # the machine is shared: say how busy it was
         if scenario == "memory":
@@ -324,14 +333,21 @@ def main() -> None:
         job = job_file(work / f"{name}.yaml", corpus, output, model, args.tokens, args.batch_size, languages)
         if scenario == "warm":
             change_share(corpus, args.changed_share)
+            wholes.discard(dups)  # a raw scenario after this one reads the changed corpus
+            prompts.pop(dups, None)
             result = bench_job(job, output, env)
         elif scenario.startswith(("raw", "floor")):
             whole = work / f"whole-{dups}.parquet"  # the raw engine reads the corpus as one file
-            pq.write_table(pq.read_table(corpus), whole)
+            if dups not in wholes:
+                pq.write_table(pq.read_table(corpus), whole)
+                wholes.add(dups)
             job = job_file(work / f"{scenario}.yaml", whole, output, model, args.tokens, args.batch_size, languages)
             engine_process = "vllm-default" if scenario == "raw-vllm-default" else "job-settings"
             floor = scenario.startswith("floor")
-            result = bench_raw(job, env, engine_process, prebuilt=floor or scenario.endswith("prebuilt"), floor=floor)
+            prebuilt = floor or scenario.endswith("prebuilt")
+            if prebuilt and dups not in prompts:
+                prompts[dups] = write_prompts(job, env)
+            result = bench_raw(job, env, engine_process, prompts=prompts[dups] if prebuilt else None, floor=floor)
         else:
             shutil.rmtree(output, ignore_errors=True)  # a cold run: no result cache of an earlier round
             result = bench_job(job, output, env)
